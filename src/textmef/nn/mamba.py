@@ -1,0 +1,90 @@
+"""Mamba block (selective state space) in token-major layout, single- or bidirectional."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from textmef.ssm import selective_scan
+
+
+class _ScanBranch(nn.Module):
+    """The per-direction parameters of a Mamba block: conv, projections, A and D."""
+
+    def __init__(self, d_inner: int, d_state: int, d_conv: int, dt_rank: int,
+                 dt_min: float, dt_max: float, dt_init_floor: float) -> None:
+        super().__init__()
+        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1)
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(d_inner, d_state))
+        self.D = nn.Parameter(torch.empty(d_inner))
+        self._dt_range = (dt_min, dt_max, dt_init_floor)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Mamba's initialisation: log-uniform step sizes, A = -(1..N), D = 1."""
+        dt_min, dt_max, floor = self._dt_range
+        dt_rank = self.dt_proj.in_features
+        nn.init.uniform_(self.dt_proj.weight, -(dt_rank**-0.5), dt_rank**-0.5)
+        dt = torch.exp(torch.rand(self.dt_proj.out_features) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            d_state = self.A_log.shape[1]
+            self.A_log.copy_(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32))
+                             .expand_as(self.A_log))
+            self.D.fill_(1.0)
+
+    def forward(self, x: torch.Tensor, backend: str) -> torch.Tensor:
+        """x: (B, L, d_inner) -> SSM output (B, L, d_inner), before gating."""
+        length = x.shape[1]
+        x = self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)
+        x = F.silu(x)
+        d_state = self.A_log.shape[1]
+        dt, B, C = self.x_proj(x).split([self.dt_proj.in_features, d_state, d_state], dim=-1)
+        delta = F.softplus(self.dt_proj(dt))
+        A = -torch.exp(self.A_log.float())
+        y = selective_scan(x, delta, A, B, C, backend=backend)
+        return y + x * self.D
+
+
+class Mamba(nn.Module):
+    """Mamba mixer on (B, L, d_model) tokens.
+
+    ``bidirectional=True`` is the "v2" variant of Vision Mamba / Pan-Mamba: a second,
+    independent branch scans the reversed sequence and the two outputs are summed before the
+    output projection.
+
+    Args:
+        d_model: Token width.
+        d_state: SSM state size N.
+        d_conv: Width of the causal depthwise convolution.
+        expand: d_inner = expand * d_model.
+        bidirectional: Add the reversed-direction branch.
+        scan_backend: Passed to :func:`textmef.ssm.selective_scan`.
+    """
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 bidirectional: bool = False, scan_backend: str = "auto",
+                 dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> None:
+        super().__init__()
+        d_inner = expand * d_model
+        dt_rank = math.ceil(d_model / 16)
+        self.scan_backend = scan_backend
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        branch = (d_inner, d_state, d_conv, dt_rank, dt_min, dt_max, dt_init_floor)
+        self.forward_branch = _ScanBranch(*branch)
+        self.backward_branch = _ScanBranch(*branch) if bidirectional else None
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L, d_model) -> (B, L, d_model)."""
+        x, z = self.in_proj(tokens).chunk(2, dim=-1)
+        y = self.forward_branch(x, self.scan_backend)
+        if self.backward_branch is not None:
+            y = y + self.backward_branch(x.flip(1), self.scan_backend).flip(1)
+        return self.out_proj(y * F.silu(z))

@@ -1,0 +1,157 @@
+"""The ``textmef`` command line: single pairs, folders, and bad input."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from textmef import io
+from textmef.checkpoint import save_checkpoint
+from textmef.cli import main
+from textmef.models import CONFIGS, FusionNet
+
+
+@pytest.fixture
+def weights(tmp_path):
+    torch.manual_seed(0)
+    return save_checkpoint(FusionNet(CONFIGS["textmef-tiny"]), tmp_path / "tiny.safetensors")
+
+
+def write_pair(folder, stem, size=(24, 32), bit_depth=8, suffix=".png"):
+    rng = np.random.default_rng(abs(hash(stem)) % 2**32)
+    base = rng.random((*size, 3), dtype=np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "u").mkdir(exist_ok=True)
+    (folder / "o").mkdir(exist_ok=True)
+    under = io.write_image(folder / "u" / f"{stem}{suffix}", base * 0.3, bit_depth)
+    over = io.write_image(folder / "o" / f"{stem}{suffix}", np.clip(base * 2, 0, 1), bit_depth)
+    return under, over
+
+
+@pytest.mark.parametrize(("bit_depth", "suffix"), [(8, ".png"), (16, ".png"), (16, ".tif"),
+                                                   (8, ".jpg")])
+def test_fuse_pair_keeps_the_bit_depth(tmp_path, weights, bit_depth, suffix):
+    under, over = write_pair(tmp_path, "a", bit_depth=bit_depth, suffix=suffix)
+    out = tmp_path / f"fused{suffix}"
+    assert main(["fuse", str(under), str(over), "-o", str(out), "--weights", str(weights)]) == 0
+    fused = io.read_image(out)
+    assert fused.bit_depth == bit_depth
+    assert fused.pixels.shape == (24, 32, 3)
+
+
+def test_tiled_cli_run_on_an_image_larger_than_a_tile(tmp_path, weights):
+    under, over = write_pair(tmp_path, "big", size=(50, 90))
+    out = tmp_path / "big.png"
+    assert main(["fuse", str(under), str(over), "-o", str(out), "--weights", str(weights),
+                 "--tile", "32", "--overlap", "8", "--threads", "1"]) == 0
+    assert io.read_image(out).pixels.shape == (50, 90, 3)
+
+
+def test_folder_mode_matches_stems_and_resumes(tmp_path, weights, capsys):
+    for stem in ("s1", "s2", "s3"):
+        write_pair(tmp_path / "data", stem)
+    (tmp_path / "data" / "u" / "lonely.png").write_bytes(
+        (tmp_path / "data" / "u" / "s1.png").read_bytes())
+    args = ["fuse", "--under", str(tmp_path / "data" / "u"), "--over",
+            str(tmp_path / "data" / "o"), "-o", str(tmp_path / "out"), "--weights", str(weights)]
+    assert main(args) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s1.png", "s2.png", "s3.png"]
+    (tmp_path / "out" / "s2.png").unlink()
+    before = (tmp_path / "out" / "s1.png").stat().st_mtime_ns
+    assert main(args + ["--skip-existing"]) == 0
+    assert "skipping 2 pair(s)" in capsys.readouterr().out
+    assert (tmp_path / "out" / "s2.png").exists()
+    assert (tmp_path / "out" / "s1.png").stat().st_mtime_ns == before
+
+
+def test_folder_mode_reports_a_bad_pair_and_fuses_the_rest(tmp_path, weights, capsys):
+    write_pair(tmp_path / "d", "good")
+    write_pair(tmp_path / "d", "bad")
+    (tmp_path / "d" / "o" / "bad.png").write_bytes(b"garbage")
+    code = main(["fuse", "--under", str(tmp_path / "d" / "u"), "--over", str(tmp_path / "d" / "o"),
+                 "-o", str(tmp_path / "out"), "--weights", str(weights)])
+    assert code == 1
+    assert "bad.png" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["good.png"]
+
+
+def run_cli_error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert err.count("\n") == 0, f"expected one line, got: {err}"
+    return err
+
+
+def test_mismatched_sizes_are_one_line_errors_with_no_output(tmp_path, weights, capsys):
+    under, _ = write_pair(tmp_path, "a", size=(24, 32))
+    _, over = write_pair(tmp_path / "other", "a", size=(24, 33))
+    out = tmp_path / "out.png"
+    err = run_cli_error(capsys, ["fuse", str(under), str(over), "-o", str(out),
+                                 "--weights", str(weights)])
+    assert "a.png" in err and "32x24" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("make", "keyword"), [
+    (lambda p: p.write_bytes(b"this is text"), "not"),
+    (lambda p: None, "no such file"),
+    (lambda p: p.write_bytes(b""), "empty"),
+])
+def test_unreadable_inputs_are_one_line_errors(tmp_path, weights, capsys, make, keyword):
+    under, _ = write_pair(tmp_path, "a")
+    bad = tmp_path / "bad.png"
+    make(bad)
+    out = tmp_path / "out.png"
+    err = run_cli_error(capsys, ["fuse", str(under), str(bad), "-o", str(out),
+                                 "--weights", str(weights)])
+    assert "bad.png" in err and keyword in err.lower()
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("pixels", "keyword"), [
+    (np.zeros((20, 20), np.uint8), "grayscale"),
+    (np.zeros((20, 20, 4), np.uint8), "alpha"),
+    (np.zeros((1, 1, 3), np.uint8), "1x1"),
+])
+def test_grayscale_alpha_and_tiny_images_are_rejected(tmp_path, weights, capsys, pixels, keyword):
+    import cv2
+
+    under, _ = write_pair(tmp_path, "a")
+    bad = tmp_path / "odd.png"
+    cv2.imwrite(str(bad), pixels)
+    err = run_cli_error(capsys, ["fuse", str(under), str(bad), "-o", str(tmp_path / "o.png"),
+                                 "--weights", str(weights)])
+    assert "odd.png" in err and keyword in err.lower()
+
+
+def test_truncated_png_is_rejected(tmp_path, weights, capsys):
+    under, over = write_pair(tmp_path, "a", size=(40, 40))
+    data = over.read_bytes()
+    over.write_bytes(data[: len(data) // 2])
+    err = run_cli_error(capsys, ["fuse", str(under), str(over), "-o", str(tmp_path / "o.png"),
+                                 "--weights", str(weights)])
+    assert "a.png" in err
+
+
+def test_missing_weights_and_no_packaged_checkpoint_are_explained(tmp_path, capsys):
+    under, over = write_pair(tmp_path, "a")
+    err = run_cli_error(capsys, ["fuse", str(under), str(over), "-o", str(tmp_path / "o.png"),
+                                 "--weights", str(tmp_path / "nope.safetensors")])
+    assert "nope.safetensors" in err and "no such weights file" in err
+
+
+def test_info_prints_the_c64_parameter_count(capsys):
+    assert main(["info"]) == 0
+    assert "parameters: 1,275,443" in capsys.readouterr().out
+
+
+def test_console_script_runs_as_a_subprocess(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "textmef.cli", "fuse", "x.png", "y.png", "-o",
+                             str(tmp_path / "o.png"), "--weights", str(tmp_path / "w.safetensors")],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "textmef: error:" in result.stderr
