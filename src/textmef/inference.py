@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-DEFAULT_TILE = 256
+DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 32
 
 

@@ -105,6 +105,9 @@ class FusionNet(nn.Module):
 
     def forward(self, under: torch.Tensor, over: torch.Tensor) -> torch.Tensor:  # noqa: D102
         height, width = under.shape[-2:]
+        # channels_last makes the map <-> token reshapes free views and speeds up CPU convs.
+        under = under.contiguous(memory_format=torch.channels_last)
+        over = over.contiguous(memory_format=torch.channels_last)
         tok_u = self._encode(under, self.under_encoder, self.under_attention, self.under_to_token)
         tok_o = self._encode(over, self.over_encoder, self.over_attention, self.over_to_token)
         res_u = res_o = 0

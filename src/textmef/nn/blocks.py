@@ -14,13 +14,13 @@ from textmef.nn.mamba import Mamba
 
 
 def tokens_from_map(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H*W, C), row-major pixel order."""
-    return x.flatten(2).transpose(1, 2)
+    """(B, C, H, W) -> (B, H*W, C), row-major pixel order (a free view for channels_last)."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
 
 
 def map_from_tokens(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, H*W, C) -> (B, C, H, W)."""
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
+    """(B, H*W, C) -> (B, C, H, W) in channels_last memory order (a view, no copy)."""
+    return tokens.reshape(tokens.shape[0], height, width, tokens.shape[2]).permute(0, 3, 1, 2)
 
 
 class HINResBlock(nn.Module):
