@@ -95,3 +95,8 @@ def test_missing_packaged_checkpoint_is_explained(monkeypatch):
     monkeypatch.setattr(textmef.api, "packaged_weights_path", lambda: None)
     with pytest.raises(CheckpointError, match="no checkpoint ships"):
         textmef.load_model()
+
+
+def test_image_within_the_pixel_budget_is_one_tile_whatever_its_shape():
+    assert list(tile_grid(400, 600, 512, 32)) == [(slice(0, 400), slice(0, 600))]
+    assert len(list(tile_grid(1536, 2048, 512, 32))) > 1

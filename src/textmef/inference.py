@@ -29,9 +29,17 @@ def _starts(size: int, tile: int, step: int) -> list[int]:
 
 def tile_grid(height: int, width: int, tile: int, overlap: int
               ) -> Iterator[tuple[slice, slice]]:
-    """Yield (rows, cols) slices of tiles covering the image, each at most ``tile`` square."""
+    """Yield (rows, cols) slices of tiles covering the image.
+
+    An image of at most ``tile * tile`` pixels is one tile whatever its shape (a 600x400
+    photo is not cut by a 512 tile: cutting would add work and seams without saving memory);
+    larger images are cut into ``tile`` x ``tile`` squares.
+    """
     if tile <= overlap:
         raise ValueError(f"tile ({tile}) must be larger than overlap ({overlap})")
+    if height * width <= tile * tile:
+        yield slice(0, height), slice(0, width)
+        return
     step = tile - overlap
     for top in _starts(height, tile, step):
         for left in _starts(width, tile, step):
@@ -103,7 +111,7 @@ def fuse_tensors(
     """
     tune_allocator()
     height, width = under.shape[-2:]
-    if not tile or (height <= tile and width <= tile):
+    if not tile or height * width <= tile * tile:
         out = model(under, over)
         if on_tile:
             on_tile(1, 1)
