@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
@@ -186,8 +185,3 @@ def scan_backward(u, delta, AT, B, C, dy, ckpt, chunk, dblk, du_out, ddelta_out,
         d0 = blk * dblk
         _backward_block(u, delta, AT, B, C, dy, ckpt, chunk, b, d0, min(dblk, d_inner - d0), blk,
                         du_out, ddelta_out, dAT_out, dB_part, dC_part)
-
-
-def set_threads(n: int) -> None:
-    """Limit numba's worker pool (``--threads``)."""
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
