@@ -111,12 +111,12 @@ def fuse_tensors(
     """
     tune_allocator()
     height, width = under.shape[-2:]
-    if not tile or height * width <= tile * tile:
+    tiles = list(tile_grid(height, width, tile, overlap)) if tile else []
+    if len(tiles) <= 1:
         out = model(under, over)
         if on_tile:
             on_tile(1, 1)
         return out
-    tiles = list(tile_grid(height, width, tile, overlap))
     acc = torch.zeros_like(under)
     weight = under.new_zeros(1, 1, height, width)
     for i, (rows, cols) in enumerate(tiles):
