@@ -56,7 +56,17 @@ def save_checkpoint(model: FusionNet, path: str | Path, extra: dict[str, str] | 
     path = Path(path)
     metadata = {"format": FORMAT, "config": json.dumps(model.config.to_dict())}
     metadata.update(extra or {})
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return save_safetensors_atomic(model.state_dict(), path, metadata)
+
+
+def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path,
+                            metadata: dict[str, str] | None = None) -> Path:
+    """Write a safetensors file via a temp file in the same folder, then rename.
+
+    A crash or a full disk therefore never leaves a partial file under ``path``.
+    """
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

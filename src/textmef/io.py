@@ -311,7 +311,8 @@ def _encode(path: Path, pixels: np.ndarray, bit_depth: int) -> bytes:
     clean = np.nan_to_num(np.asarray(pixels, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
     quantised = np.rint(np.clip(clean, 0.0, 1.0) * levels).astype(_DTYPE[bit_depth])
     bgr = cv2.cvtColor(quantised, cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY] if bit_depth == 8 else []
+    # JPEG-only flag: OpenCV 5 warns about it on every PNG/TIFF write otherwise.
+    params = [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY] if suffix in (".jpg", ".jpeg") else []
     try:
         ok, buffer = cv2.imencode(suffix, bgr, params)
     except cv2.error as exc:
