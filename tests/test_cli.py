@@ -155,3 +155,80 @@ def test_console_script_runs_as_a_subprocess(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "textmef: error:" in result.stderr
+
+
+# ---- train-prompt -------------------------------------------------------------------------
+@pytest.fixture
+def clip_file(tiny_clip, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "tiny-clip.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_clip.state_dict().items()}, str(path))
+    return path
+
+
+def train_prompt_args(folders, out, clip_file, *extra):
+    return ["train-prompt", "--under", str(folders["under"][0].parent),
+            "--over", str(folders["over"][0].parent), "--well", str(folders["well"][0].parent),
+            "-o", str(out), "--clip", str(clip_file), *extra]
+
+
+def test_train_prompt_writes_prompts_that_belong_to_the_given_clip(
+        exposure_folders, clip_file, tiny_clip, tmp_path, capsys):
+    from textmef.clip.prompts import load_prompts
+
+    out = tmp_path / "prompts.safetensors"
+    args = train_prompt_args(exposure_folders, out, clip_file, "--epochs", "3", "--lr", "1e-3",
+                             "--batch-size", "8", "--holdout", "0.25")
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    assert "epoch 3/3" in printed.out + printed.err
+    prompts = load_prompts(out)
+    prompts.check_clip(tiny_clip)
+    assert prompts.info["clip_file"] == "tiny-clip.safetensors"
+    assert prompts.info["recipe"]["epochs"] == 3
+    assert (tmp_path / "prompts.run").is_dir()
+    # Same command again: the run folder is kept unless --resume is said.
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*args[:-8], "--epochs", "4", "--lr", "1e-3", "--batch-size", "8",
+                 "--holdout", "0.25", "--resume"]) == 0
+    assert load_prompts(out).info["epochs_run"] == 4
+
+
+def test_train_prompt_defaults_are_the_papers_recipe():
+    from textmef.cli import build_parser
+
+    args = build_parser().parse_args(["train-prompt", "--under", "u", "--over", "o", "--well",
+                                      "w", "-o", "p.safetensors"])
+    assert (args.lr, args.weight_decay, args.batch_size, args.epochs, args.length) == (
+        5e-5, 1e-3, 16, 180, 16)
+    assert args.mode == "learned" and not args.no_augment
+
+
+def test_train_prompt_without_clip_weights_says_how_to_get_them(
+        exposure_folders, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TEXTMEF_CLIP", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    args = train_prompt_args(exposure_folders, tmp_path / "p.safetensors", "x")[:-2]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "no CLIP weights" in err and "--clip-download" in err
+    assert "Traceback" not in err
+
+
+def test_train_prompt_with_a_broken_clip_file_names_it(exposure_folders, tmp_path, capsys):
+    bad = tmp_path / "ViT-B-32.pt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    assert main(train_prompt_args(exposure_folders, tmp_path / "p.safetensors", bad)) == 2
+    err = capsys.readouterr().err
+    assert "ViT-B-32.pt" in err and "Traceback" not in err
+    assert not (tmp_path / "p.safetensors").exists()
+
+
+def test_train_prompt_with_a_missing_folder_names_it(exposure_folders, clip_file, tmp_path,
+                                                     capsys):
+    args = train_prompt_args(exposure_folders, tmp_path / "p.safetensors", clip_file)
+    args[args.index("--well") + 1] = str(tmp_path / "nowhere")
+    assert main(args) == 2
+    assert "nowhere: no such folder" in capsys.readouterr().err

@@ -56,10 +56,133 @@ def build_parser() -> argparse.ArgumentParser:
                       help="folder mode: output suffix, e.g. png (default: the under image's)")
     fuse.set_defaults(run=_cmd_fuse)
 
+    _add_train_prompt(sub)
+
     info = sub.add_parser("info", help="print the network's size and the available backends")
     info.add_argument("--config", default="textmef", help="named config (default textmef)")
     info.set_defaults(run=_cmd_info)
     return parser
+
+
+def _add_clip_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clip", type=Path, metavar="FILE",
+                        help="CLIP weights: OpenAI's ViT-B-32.pt, an open_clip checkpoint or a "
+                             "Hugging Face CLIPModel model.safetensors (default: $TEXTMEF_CLIP, "
+                             "else the downloaded copy in the cache)")
+    parser.add_argument("--clip-download", action="store_true",
+                        help="when no CLIP file is given, download OpenAI's ViT-B-32.pt into "
+                             "the cache (sha256-verified; needs internet)")
+
+
+def _add_train_prompt(sub) -> None:
+    from textmef.clip.prompts import PROMPT_MODES
+    from textmef.engine.prompt_training import PromptTrainingConfig
+
+    d = PromptTrainingConfig()
+    p = sub.add_parser(
+        "train-prompt", help="stage 1: learn the over/under/well-exposed prompts",
+        description="Learn the exposure prompts through a frozen CLIP from folders of "
+                    "under-exposed, over-exposed and well-exposed (reference or pseudo-"
+                    "reference) images. Defaults are the paper's recipe.")
+    p.add_argument("--under", type=Path, required=True, metavar="DIR",
+                   help="under-exposed images")
+    p.add_argument("--over", type=Path, required=True, metavar="DIR",
+                   help="over-exposed images")
+    p.add_argument("--well", type=Path, required=True, metavar="DIR",
+                   help="well-exposed images (references or pseudo references)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="prompts file to write (.safetensors)")
+    _add_clip_options(p)
+    p.add_argument("--mode", choices=PROMPT_MODES, default=d.mode,
+                   help="learned: three learnable prompts (paper); pos-neg: one learnable "
+                        "negative + one positive; fixed: handcrafted texts (default learned)")
+    p.add_argument("--texts", nargs=3, metavar=("OVER", "UNDER", "WELL"),
+                   help="handcrafted texts for --mode fixed")
+    p.add_argument("--length", type=_positive, default=d.length,
+                   help=f"tokens per learnable prompt (default {d.length})")
+    p.add_argument("--epochs", type=_non_negative, default=d.epochs,
+                   help=f"default {d.epochs}")
+    p.add_argument("--batch-size", type=_positive, default=d.batch_size,
+                   help=f"default {d.batch_size}")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help=f"default {d.weight_decay}")
+    p.add_argument("--no-augment", action="store_true",
+                   help="no random flips/rotations (caches 1 feature per image instead of 8)")
+    p.add_argument("--holdout", type=float, default=d.holdout,
+                   help=f"fraction of each folder held out for the accuracy report "
+                        f"(default {d.holdout})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
+    p.add_argument("--run-dir", type=Path,
+                   help="folder for the resumable state and the feature cache "
+                        "(default: OUTPUT with .run instead of its suffix)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=_positive, help="CPU threads (default: all cores)")
+    p.set_defaults(run=_cmd_train_prompt)
+
+
+def _clip_path(args: argparse.Namespace) -> Path:
+    """The CLIP weights file: --clip, $TEXTMEF_CLIP, the cache, or a download."""
+    import os
+
+    from textmef.clip.loading import download_clip
+
+    if args.clip is not None:
+        return args.clip
+    if os.environ.get("TEXTMEF_CLIP"):
+        return Path(os.environ["TEXTMEF_CLIP"])
+    cache = _cache_dir() / "clip"
+    cached = cache / "ViT-B-32.pt"
+    if cached.is_file():
+        return cached
+    if args.clip_download:
+        return download_clip(cache)
+    raise InputError(None, "no CLIP weights: pass --clip FILE (OpenAI's ViT-B-32.pt, an "
+                           "open_clip checkpoint or a Hugging Face model.safetensors), set "
+                           "TEXTMEF_CLIP, or add --clip-download to fetch ViT-B-32.pt")
+
+
+def _cache_dir() -> Path:
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "textmef"
+
+
+def _cmd_train_prompt(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from textmef.api import resolve_device, set_threads
+    from textmef.clip.loading import clip_fingerprint, identify_clip_file, load_clip
+    from textmef.data.folders import list_images
+    from textmef.engine.prompt_training import PromptTrainingConfig, train_prompts
+
+    if args.texts and args.mode != "fixed":
+        raise InputError(None, "--texts is only used with --mode fixed")
+    if not 0.0 <= args.holdout < 1.0:
+        raise InputError(None, f"--holdout must be in [0, 1), got {args.holdout}")
+    if args.output.suffix.lower() != ".safetensors":
+        raise InputError(args.output, "prompts are written as .safetensors; use that suffix")
+    if args.output.parent and not args.output.parent.is_dir():
+        raise InputError(args.output.parent, "no such folder for the output")
+    if args.threads:
+        set_threads(args.threads)
+    folders = {"under": list_images(args.under), "over": list_images(args.over),
+               "well": list_images(args.well)}
+    config = PromptTrainingConfig(
+        mode=args.mode, length=args.length, texts=tuple(args.texts or ()), lr=args.lr,
+        weight_decay=args.weight_decay, batch_size=args.batch_size, epochs=args.epochs,
+        augment=not args.no_augment, holdout=args.holdout, seed=args.seed)
+    clip_file = _clip_path(args)
+    clip = load_clip(clip_file, device=resolve_device(args.device))
+    info = {"clip_file": clip_file.name, "clip_file_known_as": identify_clip_file(clip_file),
+            "data": {k: str(getattr(args, k)) for k in ("under", "over", "well")}}
+    run_dir = args.run_dir or args.output.with_suffix(".run")
+    result = train_prompts(clip, clip_fingerprint(clip), folders, config, args.output, run_dir,
+                           resume=args.resume, report=tqdm.write, info=info)
+    print(f"wrote {result.output} ({result.seconds:.1f} s)")
+    return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

@@ -1,0 +1,1 @@
+"""Training loops (library code; the CLI and scripts call into these)."""
