@@ -57,6 +57,11 @@ OPENAI_VIT_B_32_URL = (
 # here; other releases (open_clip, Hugging Face) load fine but are reported as unknown.
 KNOWN_CLIP_FILES: dict[str, str] = {
     OPENAI_VIT_B_32_SHA256: "OpenAI CLIP ViT-B/32 (ViT-B-32.pt, TorchScript, fp16)",
+    # Recorded for Hugging Face timm/vit_base_patch32_clip_224.openai at revision a6f597a3
+    # (a third-party pinned-download record; Hugging Face shows it as the file's LFS oid).
+    "e6d1bd7789aa45192b3bf90570a789b478bae1b74ebcce7eddd908e83a2b7c31":
+        "OpenAI CLIP ViT-B/32 via open_clip (open_clip_model.safetensors, "
+        "timm/vit_base_patch32_clip_224.openai)",
 }
 
 # source -> (url, sha256) for download_clip.
