@@ -104,3 +104,18 @@ def test_config_rejects_odd_width_and_unknown_fields():
     with pytest.raises(ValueError, match="unknown"):
         FusionNetConfig.from_dict({"width": 8, "colour": "blue"})
     assert FusionNetConfig.from_dict(TINY.to_dict()) == TINY
+
+
+def test_token_major_causal_conv_equals_the_depthwise_conv1d():
+    from textmef.nn.mamba import causal_depthwise_conv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3)
+    x = torch.randn(2, 37, 6, requires_grad=True)
+    expected = conv(x.transpose(1, 2))[..., :37].transpose(1, 2)
+    got = causal_depthwise_conv(x, conv.weight, conv.bias)
+    torch.testing.assert_close(got, expected)
+    grads = torch.autograd.grad(got.square().sum(), (x, conv.weight, conv.bias))
+    ref = torch.autograd.grad(expected.square().sum(), (x, conv.weight, conv.bias))
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b)

@@ -24,7 +24,7 @@ from textmef.models.fusionnet import FusionNet, FusionNetConfig
 log = logging.getLogger(__name__)
 
 FORMAT = "textmef-fusionnet"
-PACKAGED_WEIGHTS = "textmef-c64.safetensors"
+PACKAGED_WEIGHTS = "textmef.safetensors"
 _PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl"}
 
 

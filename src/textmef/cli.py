@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.set_defaults(run=_cmd_fuse)
 
     _add_train_prompt(sub)
+    _add_make_pairs(sub)
+    _add_train(sub)
 
     info = sub.add_parser("info", help="print the network's size and the available backends")
     info.add_argument("--config", default="textmef", help="named config (default textmef)")
@@ -182,6 +184,105 @@ def _cmd_train_prompt(args: argparse.Namespace) -> int:
     result = train_prompts(clip, clip_fingerprint(clip), folders, config, args.output, run_dir,
                            resume=args.resume, report=tqdm.write, info=info)
     print(f"wrote {result.output} ({result.seconds:.1f} s)")
+    return 0
+
+
+def _add_train(sub) -> None:
+    from textmef.engine.config import add_override_flags
+
+    p = sub.add_parser(
+        "train", help="stage 2: train the fusion network (MSE + λ·L_clip)",
+        description="Train the fusion network from a YAML config; every field can be "
+                    "overridden as --section.field VALUE. Under torchrun, each process "
+                    "trains its share of every batch (DDP).")
+    p.add_argument("--config", type=Path, help="YAML file with data/model/optim/loss/run "
+                                               "sections (default: the built-in defaults)")
+    p.add_argument("--resume", action="store_true", help="continue the run in run.out")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as YAML and exit")
+    add_override_flags(p)
+    p.set_defaults(run=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from textmef.engine.config import TrainConfig, apply_overrides, load_config
+
+    config = load_config(args.config) if args.config else TrainConfig()
+    config = apply_overrides(config, args)
+    if args.print_config:
+        import json
+
+        import yaml
+
+        print(yaml.safe_dump(json.loads(json.dumps(config.to_dict())), sort_keys=False), end="")
+        return 0
+    from textmef.engine.train import train
+
+    train(config, resume=args.resume, report=tqdm.write)
+    return 0
+
+
+def _add_make_pairs(sub) -> None:
+    from textmef.data.stacks import PICK_MODES, REFERENCE_METHODS, PairOptions
+
+    d = PairOptions()
+    p = sub.add_parser(
+        "make-pairs", help="turn folders of exposure brackets into training triplets",
+        description="Find every folder under STACKS_DIR that directly holds two or more "
+                    "images of one size (an exposure stack) and write its under- and "
+                    "over-exposed frame and a pseudo reference fused from the whole stack "
+                    "to DATA_DIR/under, DATA_DIR/over and DATA_DIR/gt (NAME.png each, NAME = "
+                    "the stack's path with / turned into _), plus DATA_DIR/manifest.json.")
+    p.add_argument("stacks", type=Path, metavar="STACKS_DIR",
+                   help="folder searched recursively for exposure stacks")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DATA_DIR",
+                   help="output folder (created)")
+    p.add_argument("--pick", choices=PICK_MODES, default=d.pick,
+                   help="extremes: the darkest and the brightest frame; ev-gap: the pair "
+                        "closest to --ev-gap stops apart, centred on the stack "
+                        f"(default {d.pick})")
+    p.add_argument("--ev-gap", type=float, metavar="G",
+                   help=f"stops between the pair for --pick ev-gap (default {d.ev_gap})")
+    p.add_argument("--reference", choices=REFERENCE_METHODS, default=d.reference,
+                   help="mertens: Mertens fusion of all frames; hdr: Debevec HDR merge, "
+                        "Drago tone mapping; best: both, keep the higher MEF-SSIM against "
+                        f"the stack (default {d.reference})")
+    p.add_argument("--max-side", type=_positive, metavar="N",
+                   help="downsize (area filter) so no side exceeds N pixels, before "
+                        "anything else (default: keep the size)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="keep stacks whose outputs and manifest entry an earlier run wrote")
+    p.set_defaults(run=_cmd_make_pairs)
+
+
+def _cmd_make_pairs(args: argparse.Namespace) -> int:
+    import time
+    from collections import Counter
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from textmef.data.stacks import MANIFEST_NAME, PairOptions, make_pairs
+
+    if args.ev_gap is not None and args.pick != "ev-gap":
+        raise InputError(None, "--ev-gap is only used with --pick ev-gap")
+    options = PairOptions(
+        pick=args.pick, ev_gap=PairOptions.ev_gap if args.ev_gap is None else args.ev_gap,
+        reference=args.reference, max_side=args.max_side, skip_existing=args.skip_existing)
+    start = time.perf_counter()
+    with logging_redirect_tqdm():  # warnings about skipped folders print above the bar
+        manifest = make_pairs(args.stacks, args.output, options, progress=True)
+    made, skipped = manifest["stacks"], manifest["skipped"]
+    if not made:
+        raise InputError(args.stacks, "holds no usable exposure stack (a folder with two or "
+                                      "more images of one size); see "
+                                      f"{args.output / MANIFEST_NAME}")
+    wins = Counter(entry["reference"]["chosen"] for entry in made)
+    print(f"wrote {len(made)} triplet(s) to {args.output} in "
+          f"{time.perf_counter() - start:.1f} s; references: "
+          + ", ".join(f"{name} {count}" for name, count in sorted(wins.items()))
+          + (f"; {len(skipped)} folder(s) skipped (see {MANIFEST_NAME})" if skipped else ""))
     return 0
 
 

@@ -64,6 +64,8 @@ class FusionNetConfig:
 CONFIGS: dict[str, FusionNetConfig] = {
     "textmef": FusionNetConfig(),
     "textmef-tiny": FusionNetConfig(width=16, d_state=4),
+    # The packaged checkpoint's size: what a 2-core CPU can train in an hour (MODEL_CARD.md).
+    "textmef-c16": FusionNetConfig(width=16, d_state=4),
 }
 
 

@@ -1,0 +1,674 @@
+"""Training triplets from exposure stacks: an under/over input pair plus a pseudo reference.
+
+No public training set with references can be downloaded, so, as SICE did, every exposure
+stack (bracketed shots of one scene) is turned into a triplet: its darkest and brightest
+frames (or a pair a chosen number of stops apart) become the input pair, and a fusion of
+the *whole* stack becomes the reference.
+
+Definitions used throughout (and recorded in the manifest):
+
+* **Stack**: a folder that directly holds at least two images of one size. Folders and
+  files whose names start with a dot are ignored.
+* **Mean luminance**: the mean over pixels of Rec.709 luminance
+  ``0.2126 R + 0.7152 G + 0.0722 B`` computed on *linearised* values ``v ** 2.2``. Camera
+  files are gamma-encoded; linearising first makes the number proportional to the light
+  recorded, so it grows with exposure and ratios between frames mean something.
+* **Exposure order**: by EXIF ExposureTime when every frame of the stack has one and they
+  are not all equal (aperture and ISO are assumed fixed, as in ordinary bracketing), ties
+  broken by mean luminance; otherwise by mean luminance. Remaining ties go by file name.
+* **Relative exposure** (in stops, 0 for the darkest frame): ``log2`` of the EXIF time
+  ratios, or, without EXIF, chained estimates between neighbouring frames: the median of
+  ``Y_brighter / Y_darker`` over pixels whose three channels lie in [0.1, 0.9] in both
+  frames, with ``Y`` the linearised (gamma 2.2) luminance. Camera tone curves are steeper
+  than gamma 2.2 in the mid-tones, so these estimates tend to run large; they order and
+  space the frames well enough to pick pairs and to drive the HDR merge, whose fitted
+  response curve absorbs much of the error. Where two frames share fewer than 64 such
+  pixels, the ratio of their mean luminances is used instead.
+* **Pseudo reference**: ``mertens`` is OpenCV's Mertens exposure fusion of every frame;
+  ``hdr`` merges the frames into a radiance map (Debevec) and tone maps it (Drago), see
+  :func:`hdr_tonemap`; ``best`` computes both and keeps the one with the higher MEF-SSIM
+  against the whole stack (Mertens on a tie).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import PIL.ExifTags
+import PIL.Image
+
+from textmef import __version__, io
+from textmef.errors import InputError
+
+log = logging.getLogger("textmef")
+
+PICK_MODES = ("extremes", "ev-gap")
+REFERENCE_METHODS = ("mertens", "hdr", "best")
+ORDER_EXIF = "exif"
+ORDER_LUMINANCE = "luminance"
+MANIFEST_NAME = "manifest.json"
+OUTPUT_KINDS = ("under", "over", "gt")
+
+_GAMMA = 2.2
+_REC709 = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+_WELL_EXPOSED = (0.1, 0.9)  # gamma-encoded values trusted for exposure ratios
+_MIN_SHARED = 64  # well-exposed pixels two frames must share to estimate their ratio
+_EV_TOLERANCE = 1.0 / 3.0  # brackets come in 1/3-stop steps: closer gaps count as equal
+_DEBEVEC_SAMPLES = 70  # OpenCV's default; random=False keeps the grid deterministic
+# Debevec's smoothness weight. OpenCV's default (10) lets the curve wiggle near 0 and 255
+# on in-camera JPEGs, which shows up as colour fringes around highlights; 50 does not.
+_DEBEVEC_LAMBDA = 50.0
+_CLIPPED = (5, 250)  # 8-bit levels treated as black / saturated when repairing the merge
+_DARK_TARGET = 0.4  # mean luma a dark tone-mapped result is lifted to (gamma domain)
+_MAX_LIFT = 0.5  # strongest lift: output = input ** 0.5
+_DECIMALS = 6  # floats in the manifest are rounded so it reads (and diffs) well
+
+Scorer = Callable[[np.ndarray, np.ndarray], float]
+
+
+class NotAStackError(InputError):
+    """A folder found under the stacks root is not a usable stack (the message says why)."""
+
+
+@dataclass(frozen=True)
+class PairOptions:
+    """How ``make_pairs`` turns stacks into triplets.
+
+    Attributes:
+        pick: ``"extremes"`` (darkest and brightest frame) or ``"ev-gap"``.
+        ev_gap: for ``pick="ev-gap"``, the wanted exposure gap between the pair in stops.
+        reference: ``"mertens"``, ``"hdr"`` or ``"best"`` (higher MEF-SSIM of the two).
+        max_side: downsize (INTER_AREA) so that no side exceeds this, before anything
+            else; None keeps the size.
+        skip_existing: keep a stack's outputs and manifest entry when all three files and
+            the entry of a previous run exist.
+    """
+
+    pick: str = "extremes"
+    ev_gap: float = 2.0
+    reference: str = "best"
+    max_side: int | None = None
+    skip_existing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pick not in PICK_MODES:
+            raise InputError(None, f"pick must be one of {PICK_MODES}, not {self.pick!r}")
+        if self.reference not in REFERENCE_METHODS:
+            raise InputError(None, f"reference must be one of {REFERENCE_METHODS}, "
+                                   f"not {self.reference!r}")
+        if not (math.isfinite(self.ev_gap) and self.ev_gap > 0):
+            raise InputError(None, f"the EV gap must be a positive number of stops, "
+                                   f"not {self.ev_gap}")
+        if self.max_side is not None and self.max_side < io.MIN_SIDE:
+            raise InputError(None, f"max side must be at least {io.MIN_SIDE} pixels, "
+                                   f"not {self.max_side}")
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One exposure of a stack.
+
+    Attributes:
+        path: the file it was read from.
+        pixels: float32 (H, W, 3) RGB in [0, 1], already downsized if asked.
+        bit_depth: 8 or 16, of the file.
+        exposure_time: EXIF ExposureTime in seconds, or None.
+        mean_luminance: see the module docstring.
+    """
+
+    path: Path
+    pixels: np.ndarray
+    bit_depth: int
+    exposure_time: float | None
+    mean_luminance: float
+
+
+@dataclass(frozen=True, eq=False)
+class Reference:
+    """A pseudo reference and how it was chosen.
+
+    Attributes:
+        image: float32 (H, W, 3) RGB in [0, 1].
+        method: the candidate kept, ``"mertens"`` or ``"hdr"``.
+        scores: MEF-SSIM of every candidate made (None where the candidate failed).
+    """
+
+    image: np.ndarray
+    method: str
+    scores: dict[str, float | None]
+
+
+def find_stacks(root: str | os.PathLike[str], exclude: Sequence[Path] = ()) -> list[Path]:
+    """Every folder under ``root`` (itself included) that directly holds an image.
+
+    Folders holding a single image or images of different sizes are still listed here;
+    :func:`load_stack` rejects them with the reason.
+
+    Args:
+        root: the folder to search recursively.
+        exclude: folders to leave out with everything below them (e.g. the output).
+
+    Returns:
+        The folders, sorted by their path relative to ``root``.
+
+    Raises:
+        InputError: ``root`` is missing or not a folder.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise InputError(root, "no such folder")
+    if not root.is_dir():
+        raise InputError(root, "is a file, expected a folder of exposure stacks")
+    excluded = {p.resolve() for p in exclude}
+    seen: set[Path] = set()
+    found = []
+    # Links are followed (stacks are often linked in from elsewhere); `seen` stops loops.
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        here = Path(dirpath)
+        real = here.resolve()
+        if real in excluded or real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(_is_image_name(f) for f in filenames):
+            found.append(here)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def list_stack_images(folder: Path) -> list[Path]:
+    """The images directly in ``folder``, sorted by name (dot files left out)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and _is_image_name(p.name))
+
+
+def read_exposure_time(path: str | os.PathLike[str]) -> float | None:
+    """The EXIF ExposureTime of an image file in seconds, or None when it has none."""
+    try:
+        with PIL.Image.open(path) as im:
+            exif = im.getexif()
+    except Exception:  # Pillow cannot parse every file OpenCV can; no EXIF then
+        return None
+    value = exif.get_ifd(PIL.ExifTags.IFD.Exif).get(PIL.ExifTags.Base.ExposureTime)
+    if value is None:  # a few writers put it in IFD0
+        value = exif.get(PIL.ExifTags.Base.ExposureTime)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
+def mean_luminance(pixels: np.ndarray) -> float:
+    """Mean Rec.709 luminance of gamma-2.2-linearised RGB pixels in [0, 1]."""
+    return float(_linear_luma(pixels).mean(dtype=np.float64))
+
+
+def load_stack(folder: str | os.PathLike[str], max_side: int | None = None) -> list[Frame]:
+    """Read the frames of one stack, in file-name order.
+
+    Args:
+        folder: the stack's folder.
+        max_side: downsize (INTER_AREA) so that no side exceeds this; None keeps the size.
+
+    Returns:
+        The frames.
+
+    Raises:
+        NotAStackError: fewer than two images, or images of different sizes.
+        InputError: an image cannot be read.
+    """
+    folder = Path(folder)
+    paths = list_stack_images(folder)
+    if len(paths) < 2:
+        raise NotAStackError(folder, f"holds {len(paths)} image; a stack needs at least 2")
+    images = [io.read_image(p) for p in paths]
+    sizes = sorted({_size_text(im.pixels) for im in images})
+    if len(sizes) > 1:
+        raise NotAStackError(folder, f"holds images of different sizes ({', '.join(sizes)})")
+    frames = []
+    for path, image in zip(paths, images):
+        pixels = _downsize(image.pixels, max_side)
+        frames.append(Frame(path=path, pixels=pixels, bit_depth=image.bit_depth,
+                            exposure_time=read_exposure_time(path),
+                            mean_luminance=mean_luminance(pixels)))
+    return frames
+
+
+def order_by_exposure(frames: Sequence[Frame]) -> tuple[list[Frame], str]:
+    """Sort frames from darkest to brightest exposure.
+
+    Args:
+        frames: the frames of one stack.
+
+    Returns:
+        The sorted frames and the method used, ``"exif"`` or ``"luminance"``.
+    """
+    times = [f.exposure_time for f in frames]
+    if all(t is not None for t in times) and len(set(times)) > 1:
+        return sorted(frames, key=lambda f: (f.exposure_time, f.mean_luminance,
+                                             f.path.name)), ORDER_EXIF
+    return sorted(frames, key=lambda f: (f.mean_luminance, f.path.name)), ORDER_LUMINANCE
+
+
+def relative_exposures(frames: Sequence[Frame], ordering: str) -> np.ndarray:
+    """Exposure of each frame in stops relative to the first (see the module docstring).
+
+    Args:
+        frames: the frames in exposure order.
+        ordering: ``"exif"`` to use the EXIF times, else estimate from the pixels.
+
+    Returns:
+        float64 array, non-decreasing, starting at 0.
+    """
+    if ordering == ORDER_EXIF:
+        times = np.array([f.exposure_time for f in frames], dtype=np.float64)
+        return np.log2(times / times[0])
+    steps = [estimate_ev_step(a.pixels, b.pixels) for a, b in zip(frames, frames[1:])]
+    return np.concatenate([[0.0], np.cumsum(steps)])
+
+
+def estimate_ev_step(darker: np.ndarray, brighter: np.ndarray) -> float:
+    """Stops between two exposures of one scene, from their pixels (never negative).
+
+    Args:
+        darker: (H, W, 3) RGB in [0, 1], gamma-encoded.
+        brighter: the same scene exposed longer.
+
+    Returns:
+        ``log2`` of the median linear-luminance ratio over pixels well exposed in both.
+    """
+    lo, hi = _WELL_EXPOSED
+    shared = ((darker.min(axis=2) >= lo) & (darker.max(axis=2) <= hi)
+              & (brighter.min(axis=2) >= lo) & (brighter.max(axis=2) <= hi))
+    y_dark, y_bright = _linear_luma(darker), _linear_luma(brighter)
+    if np.count_nonzero(shared) >= _MIN_SHARED:
+        ratio = float(np.median(y_bright[shared] / y_dark[shared]))
+    else:
+        # Too little overlap (a huge step, or mostly clipped frames): compare the means.
+        ratio = float(y_bright.mean(dtype=np.float64)) / max(
+            float(y_dark.mean(dtype=np.float64)), 1e-6)
+    return max(math.log2(ratio), 0.0) if ratio > 0 else 0.0
+
+
+def pick_pair(ev: Sequence[float], pick: str = "extremes", ev_gap: float = 2.0
+              ) -> tuple[int, int]:
+    """Choose the under- and over-exposed frame of a stack.
+
+    ``extremes`` takes the first and last frame. ``ev-gap`` takes the pair whose gap is
+    closest to ``ev_gap`` stops; gaps within 1/3 stop of the closest count as equally
+    close, and among those the pair centred nearest the middle of the stack's exposure
+    range wins (then the smaller deviation, then the darker pair).
+
+    Args:
+        ev: relative exposures in stops, in exposure order (at least two).
+        pick: ``"extremes"`` or ``"ev-gap"``.
+        ev_gap: the wanted gap for ``"ev-gap"``.
+
+    Returns:
+        Indices ``(under, over)`` into ``ev``, ``under < over``.
+    """
+    n = len(ev)
+    if n < 2:
+        raise ValueError(f"a pair needs at least two frames, got {n}")
+    if pick == "extremes":
+        return 0, n - 1
+    if pick != "ev-gap":
+        raise ValueError(f"unknown pick {pick!r}; use one of {PICK_MODES}")
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    deviation = {p: abs((ev[p[1]] - ev[p[0]]) - ev_gap) for p in pairs}
+    closest = min(deviation.values())
+    middle = (ev[0] + ev[-1]) / 2
+    near = [p for p in pairs if deviation[p] <= closest + _EV_TOLERANCE]
+    # Rounded keys: the estimated exposures are noisy in the last digits, and a near-tie
+    # must not be decided by that noise.
+    return min(near, key=lambda p: (round(abs((ev[p[0]] + ev[p[1]]) / 2 - middle), 3),
+                                    round(deviation[p], 3), p))
+
+
+def mertens(frames: Sequence[np.ndarray]) -> np.ndarray:
+    """Mertens exposure fusion of every frame (OpenCV's MergeMertens, default weights).
+
+    Args:
+        frames: (H, W, 3) RGB arrays in [0, 1], any order.
+
+    Returns:
+        float32 (H, W, 3) RGB clipped to [0, 1].
+    """
+    # MergeMertens scales any input by 1/255, so float32 in [0, 255] gives what uint8 gives
+    # (to 1e-6) while keeping the precision of 16-bit or downsized frames.
+    with _opencv_serial():
+        fused = cv2.createMergeMertens().process([_bgr255(f) for f in frames])
+    return _to_rgb01(fused)
+
+
+def hdr_tonemap(frames: Sequence[np.ndarray], ev: Sequence[float]) -> np.ndarray:
+    """Merge frames into a radiance map and tone map it.
+
+    Steps: 8-bit frames (Debevec works on 8 bits only); ``CalibrateDebevec`` fits the
+    camera response from the exposures ``2 ** ev``; the three channel curves are replaced
+    by their geometric mean, because per-channel curves fitted on in-camera JPEGs disagree
+    near black and white and paint colour fringes around highlights; ``MergeDebevec``
+    merges; channels saturated even in the darkest frame (black even in the brightest)
+    are raised (lowered) to what that frame alone says, since the merge averages them
+    down (up) into grey blotches; Drago (gamma 2.2) tone maps; and a result darker than
+    a mean luma of 0.4 is lifted by a global power curve (at most ``x ** 0.5``), because
+    Drago normalises by the brightest light and leaves high-range scenes murky.
+
+    Args:
+        frames: (H, W, 3) RGB arrays in [0, 1], in exposure order.
+        ev: their relative exposures in stops.
+
+    Returns:
+        float32 (H, W, 3) RGB in [0, 1].
+
+    Raises:
+        cv2.error: OpenCV rejected the data.
+    """
+    images = [np.rint(np.clip(f, 0, 1) * 255).astype(np.uint8)[..., ::-1].copy()
+              for f in frames]
+    times = np.exp2(np.asarray(ev, dtype=np.float64) - max(ev)).astype(np.float32)
+    with _opencv_serial():
+        calibrate = cv2.createCalibrateDebevec(_DEBEVEC_SAMPLES, _DEBEVEC_LAMBDA, False)
+        response = calibrate.process(images, times)
+        shared = np.exp(np.log(np.maximum(response, 1e-12)).mean(axis=2, keepdims=True))
+        response = np.repeat(shared, 3, axis=2).astype(np.float32)
+        radiance = cv2.createMergeDebevec().process(images, times, response)
+    curve = response[:, 0, 0]
+    darkest_alone = curve[images[0]] / times[0]
+    brightest_alone = curve[images[-1]] / times[-1]
+    black, saturated = _CLIPPED
+    radiance = np.where(images[0] >= saturated, np.maximum(radiance, darkest_alone), radiance)
+    radiance = np.where(images[-1] <= black, np.minimum(radiance, brightest_alone), radiance)
+    radiance = _finite_positive(radiance)
+    with _opencv_serial():
+        mapped = cv2.createTonemapDrago(_GAMMA, 1.0, 0.85).process(radiance.astype(np.float32))
+    return _lift_dark(_to_rgb01(mapped))
+
+
+def pseudo_reference(frames: Sequence[np.ndarray], ev: Sequence[float],
+                     method: str = "best", bit_depth: int = 8,
+                     scorer: Scorer | None = None) -> Reference:
+    """Build the pseudo reference of a stack from all its frames.
+
+    Every candidate made is rounded to ``bit_depth`` (so it is scored as it will be
+    written) and scored by MEF-SSIM against the whole stack.
+
+    Args:
+        frames: (H, W, 3) RGB arrays in [0, 1], in exposure order.
+        ev: their relative exposures in stops.
+        method: ``"mertens"``, ``"hdr"`` or ``"best"``.
+        bit_depth: bits per channel of the output file.
+        scorer: ``scorer(stack (K, H, W, 3), image (H, W, 3)) -> float``; default
+            MEF-SSIM (:func:`mef_ssim_score`).
+
+    Returns:
+        The reference, the method kept and every candidate's score.
+
+    Raises:
+        ValueError: unknown method.
+        cv2.error: ``method="hdr"`` and OpenCV failed on the data.
+    """
+    if method not in REFERENCE_METHODS:
+        raise ValueError(f"unknown reference method {method!r}; use one of "
+                         f"{REFERENCE_METHODS}")
+    score = scorer or mef_ssim_score
+    stack = np.stack(frames)
+    levels = (1 << bit_depth) - 1
+    candidates: dict[str, np.ndarray] = {}
+    scores: dict[str, float | None] = {}
+    if method in ("mertens", "best"):
+        candidates["mertens"] = mertens(frames)
+    if method in ("hdr", "best"):
+        try:
+            candidates["hdr"] = hdr_tonemap(frames, ev)
+        except cv2.error as exc:
+            if method == "hdr":
+                raise
+            log.warning("HDR merge failed, keeping Mertens: %s", exc.err)
+            scores["hdr"] = None
+    for name, image in candidates.items():
+        candidates[name] = (np.rint(image * levels) / levels).astype(np.float32)
+        scores[name] = float(score(stack, candidates[name]))
+    # Mertens comes first, so max() keeps it on a tie.
+    chosen = max(candidates, key=lambda name: scores[name])
+    return Reference(image=candidates[chosen], method=chosen, scores=scores)
+
+
+def mef_ssim_score(stack: np.ndarray, image: np.ndarray) -> float:
+    """MEF-SSIM of ``image`` (H, W, 3) against ``stack`` (K, H, W, 3), both RGB in [0, 1]."""
+    import torch
+
+    from textmef.metrics.mef_ssim import mef_ssim
+
+    sources = torch.from_numpy(np.ascontiguousarray(stack.transpose(0, 3, 1, 2)))
+    fused = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    with torch.no_grad():
+        return float(mef_ssim(sources.float(), fused.float()))
+
+
+def stack_name(relative: Path, root: Path) -> str:
+    """The output stem of a stack: its path below the root with ``/`` turned into ``_``."""
+    parts = relative.parts
+    return "_".join(parts) if parts else root.resolve().name
+
+
+def make_pairs(stacks_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+               options: PairOptions | None = None, progress: bool = False,
+               scorer: Scorer | None = None) -> dict:
+    """Turn every stack under ``stacks_dir`` into ``under/``, ``over/`` and ``gt/`` PNGs.
+
+    Writes ``out_dir/{under,over,gt}/NAME.png`` (16-bit when every frame of the stack is
+    16-bit, else 8-bit) and ``out_dir/manifest.json``, which is rewritten after every
+    stack so that an interrupted run can be resumed with ``skip_existing``. All writes
+    are atomic. The same input gives byte-identical files.
+
+    Args:
+        stacks_dir: folder searched recursively for stacks.
+        out_dir: output folder (created); left out of the search if inside stacks_dir.
+        options: how to pick and fuse; default :class:`PairOptions`.
+        progress: show a progress bar.
+        scorer: replaces MEF-SSIM (see :func:`pseudo_reference`).
+
+    Returns:
+        The manifest as written.
+
+    Raises:
+        InputError: stacks_dir is missing, holds no image at all, or out_dir is a file.
+    """
+    from tqdm import tqdm
+
+    options = options or PairOptions()
+    root, out = Path(stacks_dir), Path(out_dir)
+    folders = find_stacks(root, exclude=[out])
+    if not folders:
+        raise InputError(root, "holds no images; expected folders of exposure brackets")
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder")
+    for kind in OUTPUT_KINDS:
+        (out / kind).mkdir(parents=True, exist_ok=True)
+    previous = _previous_entries(out / MANIFEST_NAME) if options.skip_existing else {}
+
+    manifest = {
+        "textmef_version": __version__,
+        "stacks_dir": str(root.resolve()),
+        # skip_existing changes no output, and leaving it out makes a resumed run's
+        # manifest byte-identical to that of an uninterrupted one.
+        "options": {k: v for k, v in asdict(options).items() if k != "skip_existing"},
+        "stacks": [],
+        "skipped": [],
+    }
+    owners: dict[str, str] = {}
+    bar = tqdm(folders, desc="stacks", unit="stack", disable=None if progress else True)
+    for folder in bar:
+        relative = folder.relative_to(root)
+        source = relative.as_posix()
+        name = stack_name(relative, root)
+        if name in owners:
+            _skip(manifest, source, f"its output name {name!r} is taken by {owners[name]}")
+            continue
+        owners[name] = source
+        outputs = {kind: f"{kind}/{name}.png" for kind in OUTPUT_KINDS}
+        old = previous.get(source)
+        if (old is not None and old.get("outputs") == outputs
+                and all((out / p).is_file() for p in outputs.values())):
+            manifest["stacks"].append(old)
+        else:
+            try:
+                manifest["stacks"].append(
+                    _make_one(folder, source, name, out, outputs, options, scorer))
+            except (InputError, cv2.error) as exc:
+                reason = exc.problem if isinstance(exc, NotAStackError) else _reason(exc)
+                _skip(manifest, source, reason)
+        _write_manifest(out / MANIFEST_NAME, manifest)
+    bar.close()
+    _write_manifest(out / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def _make_one(folder: Path, source: str, name: str, out: Path, outputs: dict[str, str],
+              options: PairOptions, scorer: Scorer | None) -> dict:
+    frames, ordering = order_by_exposure(load_stack(folder, options.max_side))
+    ev = relative_exposures(frames, ordering)
+    under, over = pick_pair(ev.tolist(), options.pick, options.ev_gap)
+    bit_depth = 16 if all(f.bit_depth == 16 for f in frames) else 8
+    reference = pseudo_reference([f.pixels for f in frames], ev.tolist(), options.reference,
+                                 bit_depth, scorer)
+    for kind, pixels in (("under", frames[under].pixels), ("over", frames[over].pixels),
+                         ("gt", reference.image)):
+        io.write_image(out / outputs[kind], pixels, bit_depth)
+    height, width = frames[0].pixels.shape[:2]
+    return {
+        "name": name,
+        "source": source,
+        "size": [width, height],
+        "bit_depth": bit_depth,
+        "ordering": ordering,
+        "frames": [{"file": f.path.name, "mean_luminance": _round(f.mean_luminance),
+                    "exposure_time": f.exposure_time, "ev": _round(e)}
+                   for f, e in zip(frames, ev.tolist())],
+        "under": frames[under].path.name,
+        "over": frames[over].path.name,
+        "pair_ev_gap": _round(ev[over] - ev[under]),
+        "reference": {"chosen": reference.method,
+                      "scores": {k: None if v is None else _round(v)
+                                 for k, v in reference.scores.items()}},
+        "gt_mean_luminance": _round(mean_luminance(reference.image)),
+        "outputs": outputs,
+    }
+
+
+def _skip(manifest: dict, source: str, reason: str) -> None:
+    log.warning("skipped %s: %s", source or ".", reason)
+    manifest["skipped"].append({"source": source, "reason": reason})
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, cv2.error):
+        return f"OpenCV failed: {exc.err}"
+    return str(exc)
+
+
+def _previous_entries(path: Path) -> dict[str, dict]:
+    """Entries of an earlier manifest by source folder; empty when there is none."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        return {entry["source"]: entry for entry in old.get("stacks", [])}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def _write_manifest(path: Path, manifest: dict) -> None:
+    text = json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(path, f"cannot be written ({exc.strerror or exc})") from None
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and Path(name).suffix.lower() in io.SUPPORTED_SUFFIXES
+
+
+def _size_text(pixels: np.ndarray) -> str:
+    return f"{pixels.shape[1]}x{pixels.shape[0]}"
+
+
+def _downsize(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
+    height, width = pixels.shape[:2]
+    if max_side is None or max(height, width) <= max_side:
+        return pixels
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+
+
+def _linear_luma(pixels: np.ndarray) -> np.ndarray:
+    return np.power(np.clip(pixels, 0, 1), _GAMMA, dtype=np.float32) @ _REC709
+
+
+def _bgr255(pixels: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.clip(pixels[..., ::-1], 0, 1) * np.float32(255),
+                                dtype=np.float32)
+
+
+def _to_rgb01(bgr: np.ndarray) -> np.ndarray:
+    clean = np.nan_to_num(bgr, nan=0.0, posinf=1.0, neginf=0.0)
+    return np.ascontiguousarray(np.clip(clean[..., ::-1], 0, 1), dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _opencv_serial() -> Iterator[None]:
+    """Run OpenCV single-threaded and without log lines, restoring both afterwards.
+
+    One thread: MergeMertens (and the HDR code) add per-frame results into a shared sum
+    from worker threads in whatever order they finish, so threaded runs differ in the
+    last float bit and, after rounding, by one level in a few pixels; serial runs are
+    byte-identical. The cost is small next to the MEF-SSIM scoring. Quiet: the HDR code
+    warns about an internal API change on its first call, which says nothing to users
+    and breaks the progress bar.
+    """
+    threads, level = cv2.getNumThreads(), cv2.utils.logging.getLogLevel()
+    cv2.setNumThreads(1)
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+        cv2.setNumThreads(threads)
+
+
+def _finite_positive(radiance: np.ndarray) -> np.ndarray:
+    """Replace non-finite and non-positive radiance so the tone mapper's logs stay finite."""
+    good = np.isfinite(radiance) & (radiance > 0)
+    if good.all():
+        return radiance
+    if not good.any():
+        return np.ones_like(radiance)
+    low, high = radiance[good].min(), radiance[good].max()
+    fixed = np.where(np.isnan(radiance) | (radiance <= 0), low, radiance)
+    return np.where(np.isposinf(fixed), high, fixed)
+
+
+def _lift_dark(rgb: np.ndarray) -> np.ndarray:
+    luma = float((rgb @ _REC709).mean(dtype=np.float64))
+    if luma >= _DARK_TARGET or luma <= 0:
+        return rgb
+    power = max(math.log(_DARK_TARGET) / math.log(luma), _MAX_LIFT)
+    return np.power(rgb, np.float32(power))
+
+
+def _round(value: float) -> float:
+    return round(float(value), _DECIMALS)
