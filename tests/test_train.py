@@ -296,3 +296,14 @@ def test_cli_train_without_data_says_so(tmp_path, capsys):
 def test_config_from_dict_round_trips():
     config = TrainConfig()
     assert config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_crops_are_exact_slices_of_the_read_images(data_root):
+    triplets = find_triplets(data_root)
+    crops = TripletCrops(triplets, crop=16, augment=False, seed=2).load()
+    under, _, gt = crops[4]
+    sequence = triplets[crops.sequence_at(4)]
+    full = torch.from_numpy(io.read_image(sequence.under).pixels).permute(2, 0, 1)
+    matches = [(t, left) for t in range(full.shape[1] - 15) for left in range(full.shape[2] - 15)
+               if torch.equal(full[:, t:t + 16, left:left + 16], under)]
+    assert len(matches) == 1

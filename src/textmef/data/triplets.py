@@ -126,11 +126,19 @@ class TripletCrops(torch.utils.data.Dataset):
         self._images: list[torch.Tensor] | None = None
 
     def load(self) -> TripletCrops:
-        """Read every image into memory (separate from construction: no I/O there)."""
+        """Read every image into memory (separate from construction: no I/O there).
+
+        Images are kept as 16-bit integers (exact for 8- and 16-bit sources) and converted
+        per crop: half the memory of float32 copies, which for a few hundred megapixel-sized
+        sequences is gigabytes.
+        """
         images = []
         for t in self.triplets:
             arrays = load_triplet(t, self.max_side)
-            images.append(torch.from_numpy(np.concatenate(arrays, axis=2)).permute(2, 0, 1))
+            stacked = np.concatenate(arrays, axis=2)
+            levels = 255 if _is_8bit(stacked) else 65535
+            quantised = np.rint(stacked * levels).astype(np.uint16)
+            images.append((torch.from_numpy(quantised).permute(2, 0, 1), levels))
         self._images = images
         return self
 
@@ -145,17 +153,25 @@ class TripletCrops(torch.utils.data.Dataset):
     def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._images is None:
             self.load()
-        stack = self._images[self.sequence_at(position)]
+        stack, levels = self._images[self.sequence_at(position)]
         g = torch.Generator().manual_seed(self.seed * 7_919 + position * 104_729 + 1)
         stack = _pad_to(stack, self.crop)
         _, h, w = stack.shape
         top = int(torch.randint(0, h - self.crop + 1, (1,), generator=g))
         left = int(torch.randint(0, w - self.crop + 1, (1,), generator=g))
-        crop = stack[:, top:top + self.crop, left:left + self.crop]
+        # Same float32 division as io.read_image, so crops equal slices of the read images.
+        crop = stack[:, top:top + self.crop, left:left + self.crop].to(torch.float32) / levels
         if self.augment:
             crop = _dihedral(crop, int(torch.randint(0, 8, (1,), generator=g)))
         crop = crop.contiguous()
         return crop[0:3], crop[3:6], crop[6:9]
+
+
+def _is_8bit(pixels: np.ndarray) -> bool:
+    # Values read from 8-bit files are exact multiples of 1/255 (downsizing breaks that, and
+    # then 16 bits keep the extra precision).
+    scaled = pixels * 255
+    return bool(np.abs(scaled - np.rint(scaled)).max() < 1e-3)
 
 
 def _pad_to(stack: torch.Tensor, size: int) -> torch.Tensor:
@@ -163,7 +179,8 @@ def _pad_to(stack: torch.Tensor, size: int) -> torch.Tensor:
     if h >= size and w >= size:
         return stack
     pad_h, pad_w = max(0, size - h), max(0, size - w)
-    return torch.nn.functional.pad(stack[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
+    padded = torch.nn.functional.pad(stack[None].float(), (0, pad_w, 0, pad_h), mode="replicate")
+    return padded[0].to(stack.dtype)
 
 
 class StreamBatches(torch.utils.data.Sampler[list[int]]):
