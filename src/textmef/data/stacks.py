@@ -32,13 +32,12 @@ Definitions used throughout (and recorded in the manifest):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,7 +46,8 @@ import numpy as np
 import PIL.ExifTags
 import PIL.Image
 
-from textmef import __version__, io
+from textmef import __version__, baselines, io
+from textmef.baselines.mertens import opencv_serial
 from textmef.errors import InputError
 
 log = logging.getLogger("textmef")
@@ -336,19 +336,8 @@ def pick_pair(ev: Sequence[float], pick: str = "extremes", ev_gap: float = 2.0
 
 
 def mertens(frames: Sequence[np.ndarray]) -> np.ndarray:
-    """Mertens exposure fusion of every frame (OpenCV's MergeMertens, default weights).
-
-    Args:
-        frames: (H, W, 3) RGB arrays in [0, 1], any order.
-
-    Returns:
-        float32 (H, W, 3) RGB clipped to [0, 1].
-    """
-    # MergeMertens scales any input by 1/255, so float32 in [0, 255] gives what uint8 gives
-    # (to 1e-6) while keeping the precision of 16-bit or downsized frames.
-    with _opencv_serial():
-        fused = cv2.createMergeMertens().process([_bgr255(f) for f in frames])
-    return _to_rgb01(fused)
+    """Mertens exposure fusion of every frame: :func:`textmef.baselines.mertens`."""
+    return baselines.mertens(frames)
 
 
 def hdr_tonemap(frames: Sequence[np.ndarray], ev: Sequence[float]) -> np.ndarray:
@@ -377,7 +366,7 @@ def hdr_tonemap(frames: Sequence[np.ndarray], ev: Sequence[float]) -> np.ndarray
     images = [np.rint(np.clip(f, 0, 1) * 255).astype(np.uint8)[..., ::-1].copy()
               for f in frames]
     times = np.exp2(np.asarray(ev, dtype=np.float64) - max(ev)).astype(np.float32)
-    with _opencv_serial():
+    with opencv_serial():
         calibrate = cv2.createCalibrateDebevec(_DEBEVEC_SAMPLES, _DEBEVEC_LAMBDA, False)
         response = calibrate.process(images, times)
         shared = np.exp(np.log(np.maximum(response, 1e-12)).mean(axis=2, keepdims=True))
@@ -390,7 +379,7 @@ def hdr_tonemap(frames: Sequence[np.ndarray], ev: Sequence[float]) -> np.ndarray
     radiance = np.where(images[0] >= saturated, np.maximum(radiance, darkest_alone), radiance)
     radiance = np.where(images[-1] <= black, np.minimum(radiance, brightest_alone), radiance)
     radiance = _finite_positive(radiance)
-    with _opencv_serial():
+    with opencv_serial():
         mapped = cv2.createTonemapDrago(_GAMMA, 1.0, 0.85).process(radiance.astype(np.float32))
     return _lift_dark(_to_rgb01(mapped))
 
@@ -627,27 +616,6 @@ def _bgr255(pixels: np.ndarray) -> np.ndarray:
 def _to_rgb01(bgr: np.ndarray) -> np.ndarray:
     clean = np.nan_to_num(bgr, nan=0.0, posinf=1.0, neginf=0.0)
     return np.ascontiguousarray(np.clip(clean[..., ::-1], 0, 1), dtype=np.float32)
-
-
-@contextlib.contextmanager
-def _opencv_serial() -> Iterator[None]:
-    """Run OpenCV single-threaded and without log lines, restoring both afterwards.
-
-    One thread: MergeMertens (and the HDR code) add per-frame results into a shared sum
-    from worker threads in whatever order they finish, so threaded runs differ in the
-    last float bit and, after rounding, by one level in a few pixels; serial runs are
-    byte-identical. The cost is small next to the MEF-SSIM scoring. Quiet: the HDR code
-    warns about an internal API change on its first call, which says nothing to users
-    and breaks the progress bar.
-    """
-    threads, level = cv2.getNumThreads(), cv2.utils.logging.getLogLevel()
-    cv2.setNumThreads(1)
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    try:
-        yield
-    finally:
-        cv2.utils.logging.setLogLevel(level)
-        cv2.setNumThreads(threads)
 
 
 def _finite_positive(radiance: np.ndarray) -> np.ndarray:

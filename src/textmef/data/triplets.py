@@ -95,8 +95,9 @@ def load_triplet(triplet: Triplet, max_side: int | None = None) -> tuple[np.ndar
     return tuple(arrays)
 
 
-def _dihedral(x: torch.Tensor, view: int) -> torch.Tensor:
-    out = torch.rot90(x, k=view % 4, dims=(-2, -1))
+def dihedral(images: torch.Tensor, view: int) -> torch.Tensor:
+    """One of the 8 flips/rotations of (..., S, S) images; view 0 is the identity."""
+    out = torch.rot90(images, k=view % 4, dims=(-2, -1))
     return out.flip(-1) if view >= 4 else out
 
 
@@ -162,7 +163,7 @@ class TripletCrops(torch.utils.data.Dataset):
         # Same float32 division as io.read_image, so crops equal slices of the read images.
         crop = stack[:, top:top + self.crop, left:left + self.crop].to(torch.float32) / levels
         if self.augment:
-            crop = _dihedral(crop, int(torch.randint(0, 8, (1,), generator=g)))
+            crop = dihedral(crop, int(torch.randint(0, 8, (1,), generator=g)))
         crop = crop.contiguous()
         return crop[0:3], crop[3:6], crop[6:9]
 

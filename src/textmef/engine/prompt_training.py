@@ -30,6 +30,7 @@ from textmef.clip.prompts import (
     save_prompts,
 )
 from textmef.data.folders import split_holdout
+from textmef.data.triplets import dihedral
 from textmef.errors import CheckpointError, InputError
 
 log = logging.getLogger(__name__)
@@ -91,12 +92,6 @@ class PromptTrainingResult:
 
 
 # ---- features --------------------------------------------------------------------------
-def dihedral(images: torch.Tensor, view: int) -> torch.Tensor:
-    """One of the 8 flips/rotations of square images (B, C, S, S); view 0 is the identity."""
-    out = torch.rot90(images, k=view % 4, dims=(-2, -1))
-    return out.flip(-1) if view >= 4 else out
-
-
 @torch.no_grad()
 def encode_images(clip: CLIP, paths: Sequence[Path], views: int = DIHEDRAL_VIEWS,
                   batch_size: int = 32, progress: bool = True) -> torch.Tensor:
