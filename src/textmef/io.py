@@ -12,6 +12,7 @@ import io
 import os
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -322,26 +323,37 @@ def _encode(path: Path, pixels: np.ndarray, bit_depth: int) -> bytes:
     return buffer.tobytes()
 
 
-def _write_atomically(path: Path, payload: bytes) -> None:
-    # The temporary file shares the target's directory so os.replace is a same-filesystem
-    # rename, and its name starts with a dot so a half-written file is not mistaken for
-    # output. os.open with mode 0o666 lets the umask set permissions exactly as for a
-    # plain open(); mkstemp would leave the result readable by its owner only.
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
+
+    The temporary file shares the target's directory so os.replace is a same-filesystem
+    rename, and its name starts with a dot so a half-written file is not mistaken for
+    output. On any error it is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     try:
-        fd = os.open(tmp, flags, 0o666)
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
+        yield tmp
         os.replace(tmp, path)
-    except BaseException as exc:
+    finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise InputError(path, f"cannot be written ({exc.strerror or exc})") from None
-        raise
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    # os.open with mode 0o666 lets the umask set permissions exactly as for a plain open();
+    # mkstemp would leave the result readable by its owner only.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        with atomic_path(path) as tmp:
+            fd = os.open(tmp, flags, 0o666)
+            with os.fdopen(fd, "wb") as stream:
+                stream.write(payload)
+                stream.flush()
+                os.fsync(stream.fileno())
+    except OSError as exc:
+        raise InputError(path, f"cannot be written ({exc.strerror or exc})") from None
 
 
 def _display_name(image: Image, fallback: str) -> str:

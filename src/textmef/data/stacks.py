@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import os
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -578,12 +577,10 @@ def _previous_entries(path: Path) -> dict[str, dict]:
 
 def _write_manifest(path: Path, manifest: dict) -> None:
     text = json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        with io.atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise InputError(path, f"cannot be written ({exc.strerror or exc})") from None
 
 

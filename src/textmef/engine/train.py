@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from textmef.data.triplets import (
 )
 from textmef.engine.config import TrainConfig
 from textmef.errors import CheckpointError, InputError, TextmefError
+from textmef.io import atomic_path
 from textmef.models.fusionnet import CONFIGS, FusionNet, FusionNetConfig
 
 log = logging.getLogger(__name__)
@@ -127,21 +127,13 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _atomic_torch_save(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _atomic_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _clip_loss(config: TrainConfig, device: torch.device, report: Callable[[str], None]):
