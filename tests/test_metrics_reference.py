@@ -297,6 +297,25 @@ def test_psnr_matches_scikit_image(name):
     assert psnr(pred, target).item() == pytest.approx(expected, rel=1e-4, abs=1e-5)
 
 
+# Gray: each channel of the synthetic pair alone, scikit-image 0.26.0 without channel_axis.
+SKIMAGE_GRAY_REFERENCE = {
+    # channel: (SSIM, PSNR)
+    0: (0.7439498418464416, 24.769525792101557),
+    1: (0.57938135438273, 24.77663915658852),
+    2: (0.27908971173354036, 24.766866808306396),
+}
+
+
+@pytest.mark.parametrize("channel", list(SKIMAGE_GRAY_REFERENCE))
+def test_ssim_and_psnr_match_scikit_image_on_gray_images(channel):
+    noisy, clean = _synthetic_pair()
+    pred = torch.from_numpy(np.ascontiguousarray(noisy[..., channel]))[None]
+    target = torch.from_numpy(np.ascontiguousarray(clean[..., channel]))[None]
+    expected_ssim, expected_psnr = SKIMAGE_GRAY_REFERENCE[channel]
+    assert ssim(pred, target).item() == pytest.approx(expected_ssim, rel=1e-4, abs=1e-5)
+    assert psnr(pred, target).item() == pytest.approx(expected_psnr, rel=1e-4, abs=1e-5)
+
+
 def test_ssim_is_one_for_identical_images_and_symmetric():
     noisy, clean = (_chw(a) for a in _synthetic_pair())
     assert ssim(clean, clean).item() == pytest.approx(1.0, abs=1e-12)

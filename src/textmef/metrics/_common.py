@@ -1,0 +1,73 @@
+"""Input handling shared by the MEFB-style metrics: shapes, the 0..255 scale, reductions.
+
+MEFB reads 8-bit files with ``imread`` and computes on their 0..255 values as doubles. Our
+images are floats in [0, 1] (what :func:`textmef.io.read_image` returns), so every MEFB
+metric first maps them back with :func:`to_255`: times 255 in float64 and, with
+``quantize=True``, rounded to the nearest level, which recovers an 8-bit file's values
+exactly. ``quantize=False`` keeps unquantised network outputs as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["RGB2GRAY_WEIGHTS", "as_batches", "reduce", "to_255"]
+
+# MATLAB rgb2gray coefficients (first row of the inverse NTSC matrix), as MEFB uses them.
+RGB2GRAY_WEIGHTS = (0.298936021293775, 0.587043074451121, 0.114020904254103)
+
+
+def as_batches(*images: torch.Tensor, names: tuple[str, ...] | None = None
+               ) -> tuple[torch.Tensor, ...]:
+    """Validate same-shaped float images and return them as (B, C, H, W).
+
+    Args:
+        *images: tensors of one shape, (B, C, H, W) or (C, H, W), floating point.
+        names: how to call each input in error messages (default ``image0``, ...).
+
+    Raises:
+        TypeError: an input is not a floating-point tensor (a uint8 tensor would silently
+            be scaled by 255 twice).
+        ValueError: shapes differ, are not 3-D/4-D, or have neither 1 nor 3 channels
+            (e.g. an (H, W, 3) array passed as it is).
+    """
+    names = names or tuple(f"image{i}" for i in range(len(images)))
+    for name, t in zip(names, images):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            kind = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise TypeError(f"{name} must be a float tensor in [0, 1], got {kind}")
+    shape = images[0].shape
+    for name, t in zip(names, images):
+        if t.shape != shape:
+            raise ValueError(f"{name} is {tuple(t.shape)} but {names[0]} is {tuple(shape)}")
+    if len(shape) not in (3, 4):
+        raise ValueError(f"expected (B, C, H, W) or (C, H, W) images, got {tuple(shape)}")
+    if shape[-3] not in (1, 3):
+        raise ValueError(f"expected 1 (gray) or 3 (RGB) channels in dimension -3, got "
+                         f"{tuple(shape)}; channels-last arrays need .permute(2, 0, 1)")
+    if len(shape) == 3:
+        return tuple(t.unsqueeze(0) for t in images)
+    return images
+
+
+def to_255(images: torch.Tensor, quantize: bool = True) -> torch.Tensor:
+    """Images in [0, 1] -> float64 on MEFB's 0..255 scale (a new tensor).
+
+    Args:
+        images: any shape, floats in [0, 1] (values outside are clamped).
+        quantize: round to integer levels, half up, as an 8-bit file stores them.
+    """
+    # float64 before scaling, so that 255 * x is exact for float32 input before rounding.
+    out = images.to(torch.float64, copy=True).mul_(255.0).clamp_(0.0, 255.0)
+    if quantize:
+        out.add_(0.5).floor_()  # MATLAB's round (half away from zero) for values >= 0
+    return out
+
+
+def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``"mean"`` -> 0-dim batch mean; ``"none"`` -> the (B,) values unchanged."""
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "none":
+        return values
+    raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
