@@ -1,5 +1,42 @@
-"""Classic fusion baselines to compare the network against."""
+"""Classic fusion baselines to compare the network against.
 
-from textmef.baselines.mertens import mertens
+Each baseline is a function ``xxx_fusion(under, over)`` and an ``nn.Module`` without
+parameters, both called like :class:`textmef.models.fusionnet.FusionNet`: two float
+tensors of shape (B, 3, H, W) or (3, H, W), RGB in [0, 1], in; one fused float32 tensor of
+the same shape and device, in [0, 1], out. :data:`BASELINES` names the module classes so a
+benchmark can build them all alike.
+"""
 
-__all__ = ["mertens"]
+from torch import nn
+
+from textmef.baselines.enfuse import (
+    EnfuseError,
+    EnfuseFusion,
+    EnfuseNotFoundError,
+    enfuse_available,
+    enfuse_fusion,
+    enfuse_version,
+)
+from textmef.baselines.mean import MeanFusion, mean_fusion
+from textmef.baselines.mertens import MertensFusion, mertens, mertens_fusion
+
+BASELINES: dict[str, type[nn.Module]] = {
+    "mean": MeanFusion,
+    "mertens": MertensFusion,
+    "enfuse": EnfuseFusion,
+}
+
+__all__ = [
+    "BASELINES",
+    "EnfuseError",
+    "EnfuseFusion",
+    "EnfuseNotFoundError",
+    "MeanFusion",
+    "MertensFusion",
+    "enfuse_available",
+    "enfuse_fusion",
+    "enfuse_version",
+    "mean_fusion",
+    "mertens",
+    "mertens_fusion",
+]

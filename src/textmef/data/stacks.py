@@ -46,7 +46,7 @@ import PIL.ExifTags
 import PIL.Image
 
 from textmef import __version__, baselines, io
-from textmef.baselines.mertens import opencv_serial
+from textmef.baselines.mertens import OPENCV_DEFAULT_WEIGHTS, opencv_serial
 from textmef.errors import InputError
 
 log = logging.getLogger("textmef")
@@ -335,8 +335,13 @@ def pick_pair(ev: Sequence[float], pick: str = "extremes", ev_gap: float = 2.0
 
 
 def mertens(frames: Sequence[np.ndarray]) -> np.ndarray:
-    """Mertens exposure fusion of every frame: :func:`textmef.baselines.mertens`."""
-    return baselines.mertens(frames)
+    """Mertens exposure fusion of every frame: :func:`textmef.baselines.mertens`.
+
+    With OpenCV's default weights (contrast 1, saturation 1, well-exposedness 0), which is
+    what every pseudo reference so far was made with; the paper's weights would give other
+    references and silently change existing data sets.
+    """
+    return baselines.mertens(frames, OPENCV_DEFAULT_WEIGHTS)
 
 
 def hdr_tonemap(frames: Sequence[np.ndarray], ev: Sequence[float]) -> np.ndarray:
