@@ -1,4 +1,4 @@
-"""Command line: ``textmef fuse`` and ``textmef info`` (a thin layer over the Python API)."""
+"""Command line: fuse, train-prompt, make-pairs, train, eval, bench, info (thin, over the API)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_prompt(sub)
     _add_make_pairs(sub)
     _add_train(sub)
+    _add_eval(sub)
+    _add_bench(sub)
 
     info = sub.add_parser("info", help="print the network's size and the available backends")
     info.add_argument("--config", default="textmef", help="named config (default textmef)")
@@ -284,6 +286,118 @@ def _cmd_make_pairs(args: argparse.Namespace) -> int:
           + ", ".join(f"{name} {count}" for name, count in sorted(wins.items()))
           + (f"; {len(skipped)} folder(s) skipped (see {MANIFEST_NAME})" if skipped else ""))
     return 0
+
+
+def _csv_list(text: str) -> tuple[str, ...]:
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _add_eval(sub) -> None:
+    from textmef.bench.scoring import METRICS
+
+    p = sub.add_parser(
+        "eval", help="score fused images against their sources (and references)",
+        description="Score every image in FUSED_DIR (named like its source pair: NAME.png or "
+                    "NAME_<method>.png) against --under/--over (and --gt). Writes a per-image "
+                    "CSV (eval.csv) and a Markdown summary (summary.md, mean ± std per metric) "
+                    "to -o DIR.")
+    p.add_argument("fused", type=Path, metavar="FUSED_DIR", help="folder of fused images")
+    p.add_argument("--under", type=Path, required=True, metavar="DIR",
+                   help="under-exposed sources")
+    p.add_argument("--over", type=Path, required=True, metavar="DIR",
+                   help="over-exposed sources")
+    p.add_argument("--gt", type=Path, metavar="DIR",
+                   help="reference images (enables PSNR, SSIM, TMQI)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
+                   help="report folder (created)")
+    p.add_argument("--metrics", type=_csv_list,
+                   help="comma-separated subset of " + ",".join(s.name for s in METRICS)
+                        + " (default: all that apply)")
+    p.add_argument("--label", help="method name in the reports (default: FUSED_DIR's name)")
+    p.add_argument("--threads", type=_positive, help="CPU threads (default: all cores)")
+    p.set_defaults(run=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from textmef.api import set_threads
+    from textmef.bench.report import summary_markdown
+    from textmef.bench.runner import run_eval
+
+    if args.threads:
+        set_threads(args.threads)
+    result = run_eval(args.fused, args.under, args.over, args.output, gt_dir=args.gt,
+                      metrics=args.metrics, label=args.label, progress=_progress)
+    print(summary_markdown(result.summary, result.columns), end="")
+    print(f"scored {len(result.rows)} image(s); wrote {args.output / 'eval.csv'} and "
+          f"{args.output / 'summary.md'}")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    from textmef.bench.methods import METHOD_NAMES
+    from textmef.bench.runner import SPLITS
+
+    p = sub.add_parser(
+        "bench", help="run several fusion methods on a dataset, time and score them",
+        description="Fuse every scene of DATA_DIR (under/ over/ [gt/], e.g. made by textmef "
+                    "make-pairs) with each method, time and score them, and write a report "
+                    "folder: scores.csv, summary.md/.csv (best per column in bold), "
+                    "plots/, grids/ and index.html. Re-running reuses fused images and "
+                    "scores already in the folder.")
+    p.add_argument("data", type=Path, metavar="DATA_DIR", help="triplet folder")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
+                   help="report folder (created; reused when it exists)")
+    p.add_argument("--methods", type=_csv_list, default=METHOD_NAMES,
+                   help=f"comma-separated, in report order (default {','.join(METHOD_NAMES)});"
+                        " methods that cannot run here are skipped with the reason")
+    p.add_argument("--split", choices=SPLITS, default="all",
+                   help="all scenes, or the train/val part of training's fixed split by name "
+                        "hash (default all)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="held-out fraction of that split, as data.val_fraction in training "
+                        "(default 0.1)")
+    p.add_argument("--metrics", type=_csv_list, help="comma-separated subset (default: all "
+                                                     "that apply)")
+    p.add_argument("--limit", type=_positive, help="only the first N scenes")
+    p.add_argument("--weights", type=Path, help="checkpoint for the textmef method "
+                                                "(default: the packaged one)")
+    p.add_argument("--tile", type=_non_negative, default=DEFAULT_TILE,
+                   help=f"network tile side, 0 = whole image (default {DEFAULT_TILE})")
+    p.add_argument("--overlap", type=_non_negative, default=DEFAULT_OVERLAP,
+                   help=f"tile overlap (default {DEFAULT_OVERLAP})")
+    p.add_argument("--device", default="cpu", help="cpu or cuda for the network (default cpu)")
+    p.add_argument("--threads", type=_positive, help="CPU threads (default: all cores)")
+    p.set_defaults(run=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from textmef.api import resolve_device, set_threads
+    from textmef.bench.methods import MethodOptions
+    from textmef.bench.report import summary_markdown
+    from textmef.bench.runner import BenchConfig, run_bench
+
+    if args.threads:
+        set_threads(args.threads)
+    if args.tile and args.tile <= args.overlap:
+        raise InputError(None, f"--tile ({args.tile}) must exceed --overlap ({args.overlap})")
+    options = MethodOptions(weights=args.weights, device=str(resolve_device(args.device)),
+                            tile=args.tile or None, overlap=args.overlap)
+    config = BenchConfig(data=args.data, out=args.output, methods=tuple(args.methods),
+                         split=args.split, val_fraction=args.val_fraction,
+                         metrics=args.metrics, limit=args.limit, method_options=options)
+    result = run_bench(config, progress=_progress, log=lambda line: print(line, flush=True))
+    print(summary_markdown(result.summary, result.columns), end="")
+    print(f"report: {args.output / 'index.html'} (also summary.md, scores.csv, plots/, grids/)")
+    return 0
+
+
+def _progress(items, desc=None):
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="img", disable=None, leave=False)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

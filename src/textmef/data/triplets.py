@@ -31,31 +31,42 @@ class Triplet:
     name: str
     under: Path
     over: Path
-    gt: Path
+    gt: Path | None
 
 
-def find_triplets(root: str | Path) -> list[Triplet]:
-    """Triplets in ``root``, matched by file stem across the three role folders.
+def find_triplets(root: str | Path, require_gt: bool = True) -> list[Triplet]:
+    """Triplets in ``root``, matched by file stem across the role folders.
 
     Accepts ``under/ over/ gt/`` and SICE's ``trainA/ trainB/ trainC/``.
 
+    Args:
+        root: the data folder.
+        require_gt: refuse a folder without references; with False, a missing reference
+            folder gives triplets whose ``gt`` is None (pairs for no-reference evaluation),
+            and where the folder exists only stems present in all three are kept.
+
     Raises:
-        InputError: No known layout, or no stem present in all three folders.
+        InputError: No known layout, or no stem present in all the role folders.
     """
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "no such data folder")
+    needed = 3 if require_gt else 2
     for layout in LAYOUTS:
-        if all((root / name).is_dir() for name in layout):
+        if all((root / name).is_dir() for name in layout[:needed]):
             break
     else:
-        raise InputError(root, "expected under/ over/ gt/ (or SICE's trainA/ trainB/ trainC/) "
-                               "folders inside")
+        refs = "" if require_gt else " (gt/ optional)"
+        raise InputError(root, f"expected under/ over/ gt/{refs} (or SICE's trainA/ trainB/ "
+                               "trainC/) folders inside")
+    if not (root / layout[2]).is_dir():
+        layout = layout[:2]
     by_stem = [{p.stem: p for p in list_images(root / name)} for name in layout]
-    stems = sorted(set(by_stem[0]) & set(by_stem[1]) & set(by_stem[2]))
+    stems = sorted(set.intersection(*(set(d) for d in by_stem)))
     if not stems:
         raise InputError(root, f"no file stem is present in all of {', '.join(layout)}")
-    return [Triplet(s, by_stem[0][s], by_stem[1][s], by_stem[2][s]) for s in stems]
+    return [Triplet(s, by_stem[0][s], by_stem[1][s], by_stem[2][s] if len(layout) == 3 else None)
+            for s in stems]
 
 
 def split_by_sequence(triplets: Sequence[Triplet], val_fraction: float
