@@ -9,9 +9,13 @@ exactly. ``quantize=False`` keeps unquantised network outputs as they are.
 
 from __future__ import annotations
 
-import torch
+import math
 
-__all__ = ["RGB2GRAY_WEIGHTS", "as_batches", "reduce", "to_255"]
+import torch
+import torch.nn.functional as F
+
+__all__ = ["GAUSS_11", "RGB2GRAY_WEIGHTS", "as_batches", "downsample2", "gaussian_taps",
+           "gaussian_valid", "reduce", "to_255"]
 
 # MATLAB rgb2gray coefficients (first row of the inverse NTSC matrix), as MEFB uses them.
 RGB2GRAY_WEIGHTS = (0.298936021293775, 0.587043074451121, 0.114020904254103)
@@ -71,3 +75,47 @@ def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "none":
         return values
     raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+
+
+def gaussian_taps(size: int = 11, sigma: float = 1.5) -> list[float]:
+    """The normalised 1-D Gaussian whose outer product is ``fspecial('gaussian', size, sigma)``.
+
+    Also scikit-image's SSIM window (scipy.ndimage's kernel, truncate 3.5 -> radius 5).
+    """
+    half = size // 2
+    g = [math.exp(-(i * i) / (2.0 * sigma * sigma)) for i in range(-half, half + 1)]
+    total = math.fsum(g)
+    return [v / total for v in g]
+
+
+GAUSS_11 = gaussian_taps()  # the 11x11, sigma 1.5 window of SSIM, MEF-SSIM and TMQI
+
+
+def gaussian_valid(t: torch.Tensor, taps: list[float] = GAUSS_11) -> torch.Tensor:
+    """'valid' separable filter over the last two dims (correlation; the taps are symmetric).
+
+    By shift-and-add with in-place accumulation: torch has no fast float64 convolution on
+    CPU, and this is ~10x quicker there, works on any device, and autograd handles it.
+    """
+    size = len(taps)
+    ho = t.shape[-2] - size + 1
+    v = t[..., 0:ho, :] * taps[0]
+    for i in range(1, size):
+        v.add_(t[..., i : i + ho, :], alpha=taps[i])
+    wo = t.shape[-1] - size + 1
+    out = v[..., 0:wo] * taps[0]
+    for i in range(1, size):
+        out.add_(v[..., i : i + wo], alpha=taps[i])
+    return out
+
+
+def downsample2(x: torch.Tensor) -> torch.Tensor:
+    """``imfilter(x, ones(2)/4, 'symmetric', 'same')`` then ``x(1:2:end, 1:2:end)``.
+
+    The 2x2 kernel is anchored at its top-left tap, so output (i, j) averages x[2i:2i+2,
+    2j:2j+2]; on an odd side the last window sticks out by one symmetrically padded pixel,
+    a copy of its neighbour, so it is the mean of the pixels inside, which is exactly what
+    ``avg_pool2d(..., ceil_mode=True)`` divides by. Output is ceil(H/2) x ceil(W/2).
+    Works on (N, H, W) and (N, C, H, W).
+    """
+    return F.avg_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)

@@ -23,13 +23,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from textmef.metrics._common import GAUSS_11, RGB2GRAY_WEIGHTS, downsample2, gaussian_valid
 
 __all__ = ["MEFSSIM", "mef_ssim"]
 
-# MATLAB rgb2gray coefficients (first row of the inverse NTSC matrix), as MEFB uses them.
-RGB2GRAY_WEIGHTS = (0.298936021293775, 0.587043074451121, 0.114020904254103)
 # mef_ms_ssim.m: three scales, MS-SSIM weights of its first three scales, renormalised.
 SCALE_WEIGHTS = (0.0448, 0.2856, 0.3001)
 WINDOW = 11  # patch side: box window for the desired patch, Gaussian window for the comparison
@@ -91,7 +90,7 @@ def mef_ssim(sources: torch.Tensor, fused: torch.Tensor, *, quantize: bool = Tru
         scores = []
         for level in range(len(SCALE_WEIGHTS)):
             if level > 0:
-                x, f = _downsample(x), _downsample(f.unsqueeze(0))[0]
+                x, f = downsample2(x), downsample2(f.unsqueeze(0))[0]
             scores.append(_single_scale(x, f))
         q = torch.stack(scores)
         w = torch.tensor(SCALE_WEIGHTS, dtype=torch.float64, device=q.device)
@@ -170,43 +169,8 @@ def _to_gray255(images: torch.Tensor, quantize: bool) -> torch.Tensor:
     return gray
 
 
-def _downsample(x: torch.Tensor) -> torch.Tensor:
-    """imfilter(x, ones(2)/4, 'symmetric', 'same') then x(1:2:end, 1:2:end), on (N, H, W).
-
-    The 2x2 kernel is anchored at its top-left tap, so output (i, j) averages x[2i:2i+2,
-    2j:2j+2]; on an odd side the last window sticks out by one symmetrically padded pixel,
-    a copy of its neighbour, so it is the mean of the pixels inside, which is exactly what
-    ``avg_pool2d(..., ceil_mode=True)`` divides by. Output is ceil(H/2) x ceil(W/2).
-    """
-    return F.avg_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
-
-
-def _gaussian_taps() -> list[float]:
-    # fspecial('gaussian', 11, 1.5) is the outer product of this normalised 1-D kernel.
-    half = WINDOW // 2
-    g = [math.exp(-(i * i) / (2.0 * SIGMA * SIGMA)) for i in range(-half, half + 1)]
-    total = math.fsum(g)
-    return [v / total for v in g]
-
-
-_GAUSS = _gaussian_taps()
+_GAUSS = GAUSS_11
 _GAUSS_MAX = _GAUSS[WINDOW // 2] ** 2  # largest weight of the 2-D window
-
-
-def _gauss_valid(t: torch.Tensor) -> torch.Tensor:
-    """'valid' 11x11 Gaussian-weighted mean over the last two dims, by separable shift-and-add.
-
-    float64 conv2d on CPU has no fast kernel in torch (it is ~10x slower than this).
-    """
-    ho = t.shape[-2] - WINDOW + 1
-    v = t[..., 0:ho, :] * _GAUSS[0]
-    for i in range(1, WINDOW):
-        v.add_(t[..., i : i + ho, :], alpha=_GAUSS[i])
-    wo = t.shape[-1] - WINDOW + 1
-    out = v[..., 0:wo] * _GAUSS[0]
-    for i in range(1, WINDOW):
-        out.add_(v[..., i : i + wo], alpha=_GAUSS[i])
-    return out
 
 
 def _box_sum_valid(padded: torch.Tensor) -> torch.Tensor:
@@ -227,7 +191,7 @@ def _box_sum_valid(padded: torch.Tensor) -> torch.Tensor:
     return c[..., WINDOW:] - c[..., :-WINDOW]
 
 
-def _box_sum_and_gauss_valid(padded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _box_sum_andgaussian_valid(padded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Both :func:`_box_sum_valid` and :func:`_gauss_valid` of the same zero-bordered data.
 
     The two share the vertical pass: the Gaussian is symmetric, so the sums of mirrored
@@ -298,7 +262,7 @@ def _band_quality(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     max_ed = ed.amax(0)
 
     # --- Gaussian moments of the sources and the fused patch.
-    gauss = _gauss_valid(torch.cat([x, f.unsqueeze(0), (f * f).unsqueeze(0), x * f]))
+    gauss = gaussian_valid(torch.cat([x, f.unsqueeze(0), (f * f).unsqueeze(0), x * f]))
     gx, gf, gff, gxf = gauss[:k_count], gauss[k_count], gauss[k_count + 1], gauss[k_count + 2 :]
     var_f = gff.sub_(gf * gf).clamp_(min=0.0)
     cov_rf = gxf.sub_(gx * gf).mul_(a).sum(0)
@@ -317,7 +281,7 @@ def _band_quality(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         torch.mul(x[k], x[k:], out=prods)
         coef = a[k] * a_twice[k:]
         coef[0].mul_(0.5)
-        box_prods, gauss_prods = _box_sum_and_gauss_valid(buffer)
+        box_prods, gauss_prods = _box_sum_andgaussian_valid(buffer)
         norm_r2 += box_prods.mul_(n).sub_(sx[k] * sx[k:]).mul_(coef).sum(0)
         var_r += gauss_prods.sub_(gx[k] * gx[k:]).mul_(coef).sum(0)
     norm_r2.div_(n).clamp_(min=0.0)

@@ -16,10 +16,10 @@ matters.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+
+from textmef.metrics._common import gaussian_taps, gaussian_valid
 
 __all__ = ["SSIM", "ssim"]
 
@@ -29,6 +29,8 @@ RADIUS = int(TRUNCATE * SIGMA + 0.5)  # scipy.ndimage's rule: 5
 WIN_SIZE = 2 * RADIUS + 1  # 11, the window of Wang et al.
 K1 = 0.01
 K2 = 0.03
+# scipy.ndimage's kernel for sigma 1.5, truncate 3.5 is fspecial's 11-tap Gaussian.
+_TAPS = gaussian_taps(WIN_SIZE, SIGMA)
 
 
 def ssim(
@@ -76,22 +78,26 @@ def ssim(
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
 
-    x = pred.to(torch.float64)
-    y = target.to(torch.float64)
-    # One filtering pass over the five stacked moment images instead of five passes.
-    moments = _gaussian_valid(torch.stack([x, y, x * x, y * y, x * y]))
-    mu_x, mu_y, xx, yy, xy = moments.unbind(0)
-    var_x = xx - mu_x * mu_x
-    var_y = yy - mu_y * mu_y
-    cov = xy - mu_x * mu_y
     c1 = (K1 * data_range) ** 2
     c2 = (K2 * data_range) ** 2
-    ssim_map = ((2.0 * mu_x * mu_y + c1) * (2.0 * cov + c2)) / (
-        (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
-    )
-    # Every channel has the same number of windows, so the mean over (C, H', W') is the
-    # mean over channels of the per-channel means.
-    values = ssim_map.mean(dim=(1, 2, 3))
+    # One channel at a time keeps the five float64 moment images in cache-sized pieces;
+    # every channel has the same number of windows, so the mean over (C, H', W') is the mean
+    # over channels of the per-channel means.
+    per_channel = []
+    for ch in range(pred.shape[1]):
+        x = pred[:, ch].to(torch.float64)
+        y = target[:, ch].to(torch.float64)
+        # One filtering pass over the five stacked moment images instead of five passes.
+        moments = gaussian_valid(torch.stack([x, y, x * x, y * y, x * y]), _TAPS)
+        mu_x, mu_y, xx, yy, xy = moments.unbind(0)
+        var_x = xx - mu_x * mu_x
+        var_y = yy - mu_y * mu_y
+        cov = xy - mu_x * mu_y
+        ssim_map = ((2.0 * mu_x * mu_y + c1) * (2.0 * cov + c2)) / (
+            (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
+        )
+        per_channel.append(ssim_map.mean(dim=(1, 2)))
+    values = torch.stack(per_channel).mean(dim=0)
     return values.mean() if reduction == "mean" else values
 
 
@@ -114,30 +120,3 @@ class SSIM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"data_range={self.data_range}, reduction={self.reduction!r}"
-
-
-def _gaussian_taps() -> list[float]:
-    # scipy.ndimage._gaussian_kernel1d: exp(-x^2 / (2 sigma^2)) for |x| <= radius, sum 1.
-    g = [math.exp(-0.5 * i * i / (SIGMA * SIGMA)) for i in range(-RADIUS, RADIUS + 1)]
-    total = math.fsum(g)
-    return [v / total for v in g]
-
-
-_TAPS = _gaussian_taps()
-
-
-def _gaussian_valid(t: torch.Tensor) -> torch.Tensor:
-    """'valid' separable Gaussian filter over the last two dims, by shift-and-add.
-
-    torch has no fast float64 convolution on CPU; a weighted sum of shifted views is ~10x
-    quicker there, works on any device, and autograd handles it.
-    """
-    ho = t.shape[-2] - WIN_SIZE + 1
-    v = t[..., 0:ho, :] * _TAPS[0]
-    for i in range(1, WIN_SIZE):
-        v = v + t[..., i : i + ho, :] * _TAPS[i]
-    wo = t.shape[-1] - WIN_SIZE + 1
-    out = v[..., 0:wo] * _TAPS[0]
-    for i in range(1, WIN_SIZE):
-        out = out + v[..., i : i + wo] * _TAPS[i]
-    return out

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from textmef.metrics._common import as_batches, reduce, to_255
-from textmef.metrics.mef_ssim import _downsample, _gauss_valid
+from textmef.metrics._common import as_batches, downsample2, gaussian_valid, reduce, to_255
 
 __all__ = ["TMQI", "tmqi"]
 
@@ -217,7 +216,7 @@ def _structural_fidelity(
     s = torch.ones(ref.shape[0], dtype=torch.float64, device=ref.device)
     for level, weight in enumerate(SCALE_WEIGHTS):
         if level:
-            ref, test = _downsample(ref), _downsample(test)
+            ref, test = downsample2(ref), downsample2(test)
         sf = 32.0 / 2.0 ** (level + 1)
         s = s * _local_fidelity(ref, test, ref_scale, sf) ** weight
     return s
@@ -227,7 +226,7 @@ def _local_fidelity(
     ref: torch.Tensor, test: torch.Tensor, ref_scale: torch.Tensor | float, sf: float
 ) -> torch.Tensor:
     """TMQI.m's Slocal: (B,) mean of the s_map of one scale, ``ref`` scaled by ``ref_scale``."""
-    mu1, mu2, e11, e22, e12 = _gauss_valid(
+    mu1, mu2, e11, e22, e12 = gaussian_valid(
         torch.stack([ref, test, ref * ref, test * test, ref * test])
     )
     var1 = e11 - mu1 * mu1
