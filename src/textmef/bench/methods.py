@@ -116,7 +116,8 @@ def method_description(name: str, options: MethodOptions | None = None) -> str:
         import cv2
 
         return (f"Mertens et al. 2007 exposure fusion, OpenCV {cv2.__version__} MergeMertens "
-                "with the paper's weights (contrast, saturation, well-exposedness all 1)")
+                "with the paper's weights (contrast, saturation, well-exposedness all 1), "
+                "single-threaded for bit-exact results")
     if name == "enfuse":
         from textmef.baselines.enfuse import enfuse_version
 

@@ -359,10 +359,21 @@ def _score_all(config: BenchConfig, scenes: Sequence[Triplet], names: Sequence[s
     return rows
 
 
+def _cpu_name() -> str:
+    # platform.processor() is empty on most Linux systems; /proc/cpuinfo names the model.
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _environment() -> str:
     threads = torch.get_num_threads()
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
-            f"torch {torch.__version__} with {threads} thread(s)")
+    return (f"{_cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with "
+            f"{threads} thread(s)")
 
 
 def run_bench(config: BenchConfig, progress: Progress | None = None,
