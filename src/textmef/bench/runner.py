@@ -330,8 +330,9 @@ def _score_all(config: BenchConfig, scenes: Sequence[Triplet], names: Sequence[s
     cache_path = config.out / "scores.json"
     cache = _read_json(cache_path)
     wanted = [s.name for s in specs]
-    rows, dirty = [], False
+    rows, scored = [], 0
     jobs = [(scene, name) for scene in scenes for name in names]
+    sources: tuple[Triplet, dict[str, torch.Tensor]] | None = None
     for scene, name in progress(jobs, desc="scoring"):
         fused_path = folders[name].output(scene)
         key = f"{name}/{scene.name}"
@@ -339,22 +340,22 @@ def _score_all(config: BenchConfig, scenes: Sequence[Triplet], names: Sequence[s
         stamp = _stamp(fused_path)
         scores = entry.get("scores", {})
         if entry.get("stamp") != stamp or any(m not in scores for m in wanted):
-            under, over, fused = (_load(p)[0] for p in (scene.under, scene.over, fused_path))
-            gt = _load(scene.gt)[0] if scene.gt is not None else None
-            tensors = {"under": under, "over": over, "fused": fused}
-            if gt is not None:
-                tensors["gt"] = gt
+            if sources is None or sources[0] is not scene:  # jobs are scene-major
+                roles = {"under": scene.under, "over": scene.over, "gt": scene.gt}
+                sources = (scene, {r: _load(p)[0] for r, p in roles.items() if p is not None})
+            tensors = {**sources[1], "fused": _load(fused_path)[0]}
             _check_same_size(scene.name, tensors, {"under": scene.under, "over": scene.over,
                                                    "fused": fused_path, "gt": scene.gt})
-            scores = {**scores, **score_image(under, over, fused, gt, specs)}
+            scores = {**scores, **score_image(tensors["under"], tensors["over"],
+                                              tensors["fused"], tensors.get("gt"), specs)}
             cache[key] = {"stamp": stamp, "scores": scores}
-            dirty = True
-            if len(cache) % 8 == 0:  # checkpoint the cache now and then, not per image
+            scored += 1
+            if scored % 8 == 0:  # checkpoint the cache now and then, not per image
                 report.write_text(cache_path, json.dumps(cache, indent=0, sort_keys=True))
         seconds = folders[name].meta["seconds"].get(scene.name, math.nan)
         rows.append({"scene": scene.name, "method": name, report.TIME_SPEC.name: seconds,
                      **{m: scores.get(m, math.nan) for m in wanted}})
-    if dirty:
+    if scored:
         report.write_text(cache_path, json.dumps(cache, indent=0, sort_keys=True))
     return rows
 

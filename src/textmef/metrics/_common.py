@@ -10,12 +10,15 @@ exactly. ``quantize=False`` keeps unquantised network outputs as they are.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["GAUSS_11", "RGB2GRAY_WEIGHTS", "as_batches", "downsample2", "gaussian_taps",
-           "gaussian_valid", "reduce", "to_255"]
+__all__ = ["GAUSS_11", "RGB2GRAY_WEIGHTS", "MEFBMetric", "as_batches", "downsample2",
+           "gaussian_taps", "gaussian_valid", "reduce", "to_255"]
 
 # MATLAB rgb2gray coefficients (first row of the inverse NTSC matrix), as MEFB uses them.
 RGB2GRAY_WEIGHTS = (0.298936021293775, 0.587043074451121, 0.114020904254103)
@@ -119,3 +122,29 @@ def downsample2(x: torch.Tensor) -> torch.Tensor:
     Works on (N, H, W) and (N, C, H, W).
     """
     return F.avg_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
+
+
+class MEFBMetric(nn.Module):
+    """``nn.Module`` form of an MEFB metric function with ``quantize`` and ``reduction``.
+
+    Subclasses set ``function`` (wrapped in ``staticmethod``); ``forward`` passes its image
+    arguments through in the function's order.
+
+    Args:
+        quantize: round inputs to 8-bit levels as MEFB's uint8 input is.
+        reduction: ``"mean"`` or ``"none"``.
+    """
+
+    function: ClassVar[Callable[..., torch.Tensor]]
+
+    def __init__(self, quantize: bool = True, reduction: str = "mean") -> None:
+        super().__init__()
+        self.quantize = quantize
+        self.reduction = reduction
+
+    def forward(self, *images: torch.Tensor) -> torch.Tensor:
+        """The metric of ``images`` (as the wrapped function takes them)."""
+        return self.function(*images, quantize=self.quantize, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"quantize={self.quantize}, reduction={self.reduction!r}"

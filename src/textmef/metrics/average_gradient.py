@@ -7,9 +7,8 @@ finite-difference gradient. The sources play no part.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from textmef.metrics._common import as_batches, reduce, to_255
+from textmef.metrics._common import MEFBMetric, as_batches, reduce, to_255
 
 __all__ = ["AverageGradient", "average_gradient"]
 
@@ -58,22 +57,12 @@ def average_gradient(
     return reduce(values, reduction)
 
 
-class AverageGradient(nn.Module):
-    """``nn.Module`` form of :func:`average_gradient`.
+class AverageGradient(MEFBMetric):
+    """``nn.Module`` form of :func:`average_gradient`, called as ``m(fused)``.
 
     Args:
         quantize: round inputs to 8-bit levels as MEFB's uint8 input is.
         reduction: ``"mean"`` or ``"none"``.
     """
 
-    def __init__(self, quantize: bool = True, reduction: str = "mean") -> None:
-        super().__init__()
-        self.quantize = quantize
-        self.reduction = reduction
-
-    def forward(self, fused: torch.Tensor) -> torch.Tensor:
-        """AG of ``fused``; see :func:`average_gradient`."""
-        return average_gradient(fused, quantize=self.quantize, reduction=self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"quantize={self.quantize}, reduction={self.reduction!r}"
+    function = staticmethod(average_gradient)

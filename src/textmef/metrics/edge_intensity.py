@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from textmef.metrics._common import as_batches, reduce, to_255
+from textmef.metrics._common import MEFBMetric, as_batches, reduce, to_255
 
 __all__ = ["EdgeIntensity", "edge_intensity"]
 
@@ -60,22 +59,12 @@ def edge_intensity(
     return reduce(values, reduction)
 
 
-class EdgeIntensity(nn.Module):
-    """``nn.Module`` form of :func:`edge_intensity`.
+class EdgeIntensity(MEFBMetric):
+    """``nn.Module`` form of :func:`edge_intensity`, called as ``m(fused)``.
 
     Args:
         quantize: round inputs to 8-bit levels as MEFB's uint8 input is.
         reduction: ``"mean"`` or ``"none"``.
     """
 
-    def __init__(self, quantize: bool = True, reduction: str = "mean") -> None:
-        super().__init__()
-        self.quantize = quantize
-        self.reduction = reduction
-
-    def forward(self, fused: torch.Tensor) -> torch.Tensor:
-        """EI of ``fused``; see :func:`edge_intensity`."""
-        return edge_intensity(fused, quantize=self.quantize, reduction=self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"quantize={self.quantize}, reduction={self.reduction!r}"
+    function = staticmethod(edge_intensity)

@@ -8,9 +8,8 @@ the normalised histogram in bits; the channel values are averaged. The sources p
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from textmef.metrics._common import as_batches, reduce, to_255
+from textmef.metrics._common import MEFBMetric, as_batches, reduce, to_255
 
 __all__ = ["Entropy", "entropy"]
 
@@ -62,22 +61,12 @@ def entropy(fused: torch.Tensor, *, quantize: bool = True, reduction: str = "mea
     return reduce(values, reduction)
 
 
-class Entropy(nn.Module):
-    """``nn.Module`` form of :func:`entropy`.
+class Entropy(MEFBMetric):
+    """``nn.Module`` form of :func:`entropy`, called as ``m(fused)``.
 
     Args:
         quantize: round inputs to 8-bit levels as MEFB's uint8 input is.
         reduction: ``"mean"`` or ``"none"``.
     """
 
-    def __init__(self, quantize: bool = True, reduction: str = "mean") -> None:
-        super().__init__()
-        self.quantize = quantize
-        self.reduction = reduction
-
-    def forward(self, fused: torch.Tensor) -> torch.Tensor:
-        """EN of ``fused``; see :func:`entropy`."""
-        return entropy(fused, quantize=self.quantize, reduction=self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"quantize={self.quantize}, reduction={self.reduction!r}"
+    function = staticmethod(entropy)

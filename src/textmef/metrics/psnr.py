@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from textmef.metrics._common import reduce
+
 __all__ = ["PSNR", "psnr"]
 
 
@@ -50,7 +52,7 @@ def psnr(
     mse = diff.square().mean(dim=(1, 2, 3))
     # log10 of a 0 MSE is -inf, so identical images give +inf rather than an error.
     values = 10.0 * torch.log10(data_range**2 / mse)
-    return _reduce(values, reduction)
+    return reduce(values, reduction)
 
 
 class PSNR(nn.Module):
@@ -82,11 +84,3 @@ def _as_batches(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor,
     if pred.dim() != 4:
         raise ValueError(f"expected (B, C, H, W) or (C, H, W) images, got {tuple(pred.shape)}")
     return pred, target
-
-
-def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return values.mean()
-    if reduction == "none":
-        return values
-    raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")

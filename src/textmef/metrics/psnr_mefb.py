@@ -12,9 +12,8 @@ error. Compare scores only between images of one size, as MEFB does.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from textmef.metrics._common import as_batches, reduce, to_255
+from textmef.metrics._common import MEFBMetric, as_batches, reduce, to_255
 
 __all__ = ["PSNRMEFB", "psnr_mefb"]
 
@@ -74,22 +73,12 @@ def psnr_mefb(
     return reduce(values, reduction)
 
 
-class PSNRMEFB(nn.Module):
-    """``nn.Module`` form of :func:`psnr_mefb`.
+class PSNRMEFB(MEFBMetric):
+    """``nn.Module`` form of :func:`psnr_mefb`, called as ``m(under, over, fused)``.
 
     Args:
         quantize: round inputs to 8-bit levels as MEFB's uint8 input is.
         reduction: ``"mean"`` or ``"none"``.
     """
 
-    def __init__(self, quantize: bool = True, reduction: str = "mean") -> None:
-        super().__init__()
-        self.quantize = quantize
-        self.reduction = reduction
-
-    def forward(self, under: torch.Tensor, over: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
-        """MEFB fusion PSNR of ``fused`` against ``under`` and ``over``; see :func:`psnr_mefb`."""
-        return psnr_mefb(under, over, fused, quantize=self.quantize, reduction=self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"quantize={self.quantize}, reduction={self.reduction!r}"
+    function = staticmethod(psnr_mefb)

@@ -17,9 +17,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from textmef.metrics._common import as_batches, reduce, to_255
+from textmef.metrics._common import MEFBMetric, as_batches, reduce, to_255
 
 __all__ = ["QABF", "qabf"]
 
@@ -109,27 +108,15 @@ def qabf(
         return reduce(values, reduction)
 
 
-class QABF(nn.Module):
-    """``nn.Module`` form of :func:`qabf`.
+class QABF(MEFBMetric):
+    """``nn.Module`` form of :func:`qabf`, called as ``m(under, over, fused)``.
 
     Args:
-        quantize: round inputs to 8-bit levels as MEFB's uint8 pipeline does.
+        quantize: round inputs to 8-bit levels as MEFB's uint8 input is.
         reduction: ``"mean"`` or ``"none"``.
     """
 
-    def __init__(self, quantize: bool = True, reduction: str = "mean") -> None:
-        super().__init__()
-        self.quantize = quantize
-        self.reduction = reduction
-
-    def forward(
-        self, under: torch.Tensor, over: torch.Tensor, fused: torch.Tensor
-    ) -> torch.Tensor:
-        """Score ``fused`` against ``under`` and ``over``; see :func:`qabf`."""
-        return qabf(under, over, fused, quantize=self.quantize, reduction=self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"quantize={self.quantize}, reduction={self.reduction!r}"
+    function = staticmethod(qabf)
 
 
 def _sobel(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,9 +8,8 @@ no part.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from textmef.metrics._common import as_batches, reduce, to_255
+from textmef.metrics._common import MEFBMetric, as_batches, reduce, to_255
 
 __all__ = ["SpatialFrequency", "spatial_frequency"]
 
@@ -55,22 +54,12 @@ def spatial_frequency(
     return reduce(values, reduction)
 
 
-class SpatialFrequency(nn.Module):
-    """``nn.Module`` form of :func:`spatial_frequency`.
+class SpatialFrequency(MEFBMetric):
+    """``nn.Module`` form of :func:`spatial_frequency`, called as ``m(fused)``.
 
     Args:
         quantize: round inputs to 8-bit levels as MEFB's uint8 input is.
         reduction: ``"mean"`` or ``"none"``.
     """
 
-    def __init__(self, quantize: bool = True, reduction: str = "mean") -> None:
-        super().__init__()
-        self.quantize = quantize
-        self.reduction = reduction
-
-    def forward(self, fused: torch.Tensor) -> torch.Tensor:
-        """SF of ``fused``; see :func:`spatial_frequency`."""
-        return spatial_frequency(fused, quantize=self.quantize, reduction=self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"quantize={self.quantize}, reduction={self.reduction!r}"
+    function = staticmethod(spatial_frequency)

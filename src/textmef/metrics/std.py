@@ -8,9 +8,8 @@ channels: a measure of global contrast. The sources play no part.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from textmef.metrics._common import as_batches, reduce, to_255
+from textmef.metrics._common import MEFBMetric, as_batches, reduce, to_255
 
 __all__ = ["StandardDeviation", "standard_deviation"]
 
@@ -51,22 +50,12 @@ def standard_deviation(
     return reduce(values, reduction)
 
 
-class StandardDeviation(nn.Module):
-    """``nn.Module`` form of :func:`standard_deviation`.
+class StandardDeviation(MEFBMetric):
+    """``nn.Module`` form of :func:`standard_deviation`, called as ``m(fused)``.
 
     Args:
         quantize: round inputs to 8-bit levels as MEFB's uint8 input is.
         reduction: ``"mean"`` or ``"none"``.
     """
 
-    def __init__(self, quantize: bool = True, reduction: str = "mean") -> None:
-        super().__init__()
-        self.quantize = quantize
-        self.reduction = reduction
-
-    def forward(self, fused: torch.Tensor) -> torch.Tensor:
-        """SD of ``fused``; see :func:`standard_deviation`."""
-        return standard_deviation(fused, quantize=self.quantize, reduction=self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"quantize={self.quantize}, reduction={self.reduction!r}"
+    function = staticmethod(standard_deviation)
