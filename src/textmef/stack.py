@@ -1,0 +1,169 @@
+"""Fusing exposure stacks of N >= 2 frames with the two-input network.
+
+The network takes exactly one under- and one over-exposed image. A stack is first sorted
+from darkest to brightest (EXIF exposure time where every frame has one, else mean
+linearised luminance, as ``textmef make-pairs`` does), optionally registered, and then fused
+by one of two strategies:
+
+* ``progressive``: fuse the two darkest frames, then fuse that result (as the darker input)
+  with the next brighter frame, and so on up to the brightest: N - 1 network passes, every
+  frame contributes.
+* ``extremes``: fuse only the darkest and the brightest frame (one pass), the setting the
+  network was trained on.
+
+For two frames both are the same single pass. Which strategy is the default was decided by
+``textmef bench --stacks`` on the held-out brackets (see the README, "Stacks").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from textmef import io
+from textmef.errors import InputError
+
+__all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "StackFusion", "fuse_frames", "fuse_stack",
+           "load_frames", "order_frames"]
+
+STRATEGIES = ("progressive", "extremes")
+DEFAULT_STRATEGY = "extremes"
+
+# fuse(under, over) on (1, 3, H, W) tensors in [0, 1] -> (1, 3, H, W) in [0, 1]
+PairFusion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True, eq=False)
+class StackFusion:
+    """A fused stack and how it was made.
+
+    Attributes:
+        image: float32 (H, W, 3) RGB in [0, 1] (cropped to the common area when aligned).
+        order: indices of the input frames from darkest to brightest.
+        ordering: ``"exif"`` or ``"luminance"``.
+        used: indices of the input frames that were fused, in fusion order.
+        bit_depth: the deepest input's bit depth (8 or 16), for writing the result.
+        motions: one line per input frame describing its estimated motion, when aligned.
+    """
+
+    image: np.ndarray
+    order: list[int]
+    ordering: str
+    used: list[int]
+    bit_depth: int
+    motions: list[str] | None = None
+
+
+def load_frames(paths: Sequence[str | os.PathLike[str]]):
+    """Read frames for stack fusion, as :class:`textmef.data.stacks.Frame` objects.
+
+    Raises:
+        InputError: an unreadable file, fewer than two files, or mixed sizes (naming both).
+    """
+    from textmef.data.stacks import Frame, mean_luminance, read_exposure_time
+
+    if len(paths) < 2:
+        raise InputError(None, f"fusion needs at least 2 images, got {len(paths)}")
+    frames = []
+    for path in map(Path, paths):
+        image = io.read_image(path)
+        frames.append(Frame(path=path, pixels=image.pixels, bit_depth=image.bit_depth,
+                            exposure_time=read_exposure_time(path),
+                            mean_luminance=mean_luminance(image.pixels)))
+    first = frames[0]
+    for frame in frames[1:]:
+        if frame.pixels.shape != first.pixels.shape:
+            h, w = frame.pixels.shape[:2]
+            h0, w0 = first.pixels.shape[:2]
+            raise InputError(frame.path, f"is {w}x{h} but {first.path.name} is {w0}x{h0}; "
+                                         "all frames of a stack must have one size")
+    return frames
+
+
+def order_frames(frames) -> tuple[list[int], str]:
+    """Indices of ``frames`` from darkest to brightest, and the ordering method used."""
+    from textmef.data.stacks import order_by_exposure
+
+    ordered, how = order_by_exposure(frames)
+    index = {id(f): i for i, f in enumerate(frames)}
+    return [index[id(f)] for f in ordered], how
+
+
+def fuse_frames(frames: Sequence[torch.Tensor], fuse: PairFusion,
+                strategy: str = DEFAULT_STRATEGY,
+                on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Fuse frames already sorted darkest first, with a two-input fusion ``fuse``.
+
+    Args:
+        frames: (1, 3, H, W) tensors in [0, 1], darkest first.
+        fuse: the pair fusion, called as ``fuse(darker, brighter)``.
+        strategy: ``progressive`` or ``extremes`` (see the module docstring).
+        on_step: called as ``on_step(done, total)`` after each pass.
+    """
+    if strategy not in STRATEGIES:
+        raise InputError(None, f"unknown stack strategy {strategy!r}; use one of "
+                               f"{', '.join(STRATEGIES)}")
+    if len(frames) < 2:
+        raise InputError(None, f"fusion needs at least 2 frames, got {len(frames)}")
+    chain = [frames[0], frames[-1]] if strategy == "extremes" else list(frames)
+    fused = chain[0]
+    for step, brighter in enumerate(chain[1:], start=1):
+        fused = fuse(fused, brighter).clamp(0.0, 1.0)
+        if on_step:
+            on_step(step, len(chain) - 1)
+    return fused
+
+
+def fuse_stack(paths: Sequence[str | os.PathLike[str]], model: nn.Module, *,
+               strategy: str = DEFAULT_STRATEGY, align: bool = False,
+               tile: int | None = None, overlap: int | None = None,
+               on_step: Callable[[int, int], None] | None = None) -> StackFusion:
+    """Read, order, optionally align, and fuse a stack of N >= 2 exposures.
+
+    Args:
+        paths: the image files, in any order.
+        model: the fusion network (see :func:`textmef.api.load_model`).
+        strategy: ``progressive`` or ``extremes``.
+        align: register every frame to the darkest one first and crop to the common area.
+        tile: tile side for the network (None: the default; 0: whole image).
+        overlap: tile overlap (None: the default).
+        on_step: progress callback ``on_step(done, total)`` per network pass.
+
+    Raises:
+        InputError: unreadable or mismatched files, unknown strategy, alignment failure.
+    """
+    from textmef.inference import DEFAULT_OVERLAP, DEFAULT_TILE, fuse_tensors
+
+    frames = load_frames(paths)
+    order, ordering = order_frames(frames)
+    pixels = [frames[i].pixels for i in order]
+    motions = None
+    if align:
+        from textmef.align import align_frames
+
+        result = align_frames(pixels, reference_index=0)
+        pixels = result.frames
+        by_sorted = [m.describe() for m in result.motions]
+        motions = [""] * len(frames)
+        for rank, i in enumerate(order):
+            motions[i] = by_sorted[rank]
+    device = next(model.parameters()).device
+    tile = DEFAULT_TILE if tile is None else (tile or None)
+    overlap = DEFAULT_OVERLAP if overlap is None else overlap
+
+    @torch.no_grad()
+    def pair(darker: torch.Tensor, brighter: torch.Tensor) -> torch.Tensor:
+        return fuse_tensors(model, darker.to(device), brighter.to(device), tile=tile,
+                            overlap=overlap).cpu()
+
+    tensors = [io.to_tensor(p) for p in pixels]
+    fused = fuse_frames(tensors, pair, strategy, on_step)
+    used = [order[0], order[-1]] if strategy == "extremes" else list(order)
+    return StackFusion(image=io.from_tensor(fused), order=order, ordering=ordering, used=used,
+                       bit_depth=max(f.bit_depth for f in frames), motions=motions)
