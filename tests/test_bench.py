@@ -204,12 +204,12 @@ def test_bench_names_the_file_whose_size_differs(tmp_path):
                   log=lambda line: None)
 
 
-def test_methods_share_the_network_call_signature(dataset):
+def test_methods_take_frames_darkest_first_and_return_one_image(dataset):
     under = io.to_tensor(io.read_image(dataset / "under/scene0.png").pixels)
     over = io.to_tensor(io.read_image(dataset / "over/scene0.png").pixels)
-    for name in ("textmef", "mertens", "mean"):
+    for name in ("textmef", "textmef-progressive", "mertens", "mean"):
         method = build_method(name, MethodOptions(tile=64, overlap=16))
-        fused = method(under, over)
+        fused = method([under, over])
         assert fused.shape == under.shape and fused.dtype == torch.float32, name
         assert 0.0 <= float(fused.min()) and float(fused.max()) <= 1.0, name
 
@@ -221,7 +221,7 @@ def test_network_method_equals_the_public_fuse_api(dataset):
     over = io.to_tensor(io.read_image(dataset / "over/scene0.png").pixels)
     method = build_method("textmef", MethodOptions(tile=96, overlap=32))
     expected = fuse(under, over, tile=96, overlap=32)
-    assert torch.allclose(method(under, over), expected, atol=1e-6)
+    assert torch.allclose(method([under, over]), expected, atol=1e-6)
 
 
 def test_unavailable_reason_for_unknown_method():

@@ -34,10 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"textmef {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    fuse = sub.add_parser("fuse", help="fuse an under- and an over-exposed image (or folders)",
-                          description="Fuse UNDER and OVER into OUT, or every pair of files with "
+    from textmef.stack import DEFAULT_STRATEGY, STRATEGIES
+
+    fuse = sub.add_parser("fuse", help="fuse exposures of one scene (or folders of pairs)",
+                          description="Fuse two or more exposures of one scene into OUT (they are "
+                                      "sorted by exposure first), or every pair of files with "
                                       "the same stem in --under DIR and --over DIR into -o DIR.")
-    fuse.add_argument("images", nargs="*", metavar="UNDER OVER", help="the two input images")
+    fuse.add_argument("images", nargs="*", metavar="IMAGE",
+                      help="two or more exposures of one scene, in any order")
     fuse.add_argument("--under", type=Path, metavar="DIR", help="folder of under-exposed images")
     fuse.add_argument("--over", type=Path, metavar="DIR", help="folder of over-exposed images")
     fuse.add_argument("-o", "--output", type=Path, required=True,
@@ -54,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="folder mode: skip pairs whose output already exists")
     fuse.add_argument("--ext", default=None,
                       help="folder mode: output suffix, e.g. png (default: the under image's)")
+    fuse.add_argument("--align", action="store_true",
+                      help="register the frames first (hand-held shots): translation by median "
+                           "threshold bitmaps, then ECC homography; crops to the common area")
+    fuse.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY,
+                      help="3+ frames: progressive = fuse darkest two, then the result with the "
+                           "next brighter, ...; extremes = darkest and brightest only "
+                           f"(default {DEFAULT_STRATEGY})")
     fuse.set_defaults(run=_cmd_fuse)
 
     _add_train_prompt(sub)
@@ -61,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_bench(sub)
+    from textmef.web.cli import add_serve_parser
+
+    add_serve_parser(sub)
 
     info = sub.add_parser("info", help="print the network's size and the available backends")
     info.add_argument("--config", default="textmef", help="named config (default textmef)")
@@ -337,22 +351,30 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub) -> None:
-    from textmef.bench.methods import METHOD_NAMES
+    from textmef.bench.methods import DEFAULT_METHODS, METHOD_NAMES
     from textmef.bench.runner import SPLITS
 
     p = sub.add_parser(
         "bench", help="run several fusion methods on a dataset, time and score them",
         description="Fuse every scene of DATA_DIR (under/ over/ [gt/], e.g. made by textmef "
-                    "make-pairs) with each method, time and score them, and write a report "
+                    "make-pairs; or, with --stacks, a folder of exposure stacks) with each "
+                    "method, time and score them, and write a report "
                     "folder: scores.csv, summary.md/.csv (best per column in bold), "
                     "plots/, grids/ and index.html. Re-running reuses fused images and "
                     "scores already in the folder.")
     p.add_argument("data", type=Path, metavar="DATA_DIR", help="triplet folder")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
                    help="report folder (created; reused when it exists)")
-    p.add_argument("--methods", type=_csv_list, default=METHOD_NAMES,
-                   help=f"comma-separated, in report order (default {','.join(METHOD_NAMES)});"
-                        " methods that cannot run here are skipped with the reason")
+    p.add_argument("--methods", type=_csv_list, default=DEFAULT_METHODS,
+                   help=f"comma-separated, in report order, from {','.join(METHOD_NAMES)} "
+                        f"(default {','.join(DEFAULT_METHODS)}); methods that cannot run here "
+                        "are skipped with the reason")
+    p.add_argument("--stacks", action="store_true",
+                   help="DATA_DIR holds exposure stacks (folders of 2+ frames, as make-pairs "
+                        "reads them); every method fuses all frames of a stack")
+    p.add_argument("--references", type=Path, metavar="DIR",
+                   help="with --stacks: references named like make-pairs names the stacks "
+                        "(e.g. its gt/ folder); enables PSNR, SSIM, TMQI")
     p.add_argument("--split", choices=SPLITS, default="all",
                    help="all scenes, or the train/val part of training's fixed split by name "
                         "hash (default all)")
@@ -386,8 +408,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     options = MethodOptions(weights=args.weights, device=str(resolve_device(args.device)),
                             tile=args.tile or None, overlap=args.overlap)
     config = BenchConfig(data=args.data, out=args.output, methods=tuple(args.methods),
-                         split=args.split, val_fraction=args.val_fraction,
-                         metrics=args.metrics, limit=args.limit, method_options=options)
+                         stacks=args.stacks, references=args.references, split=args.split,
+                         val_fraction=args.val_fraction, metrics=args.metrics, limit=args.limit,
+                         method_options=options)
     result = run_bench(config, progress=_progress, log=lambda line: print(line, flush=True))
     print(summary_markdown(result.summary, result.columns), end="")
     print(f"report: {args.output / 'index.html'} (also summary.md, scores.csv, plots/, grids/)")
@@ -449,16 +472,28 @@ def _pairs_from_folders(under_dir: Path, over_dir: Path) -> list[tuple[Path, Pat
     return pairs
 
 
-def _fuse_pair(model, under: Path, over: Path, out: Path, args: argparse.Namespace) -> None:
+def _fuse_files(model, paths: Sequence[Path], out: Path, args: argparse.Namespace) -> str:
+    """Fuse 2+ exposures of one scene into ``out``; returns a note on order and motion."""
     from textmef import io
-    from textmef.inference import fuse_tensors
+    from textmef.stack import MISALIGNED_PX, fuse_stack
 
-    u, o = io.read_image(under), io.read_image(over)
-    io.check_pair(u, o)
-    device = next(model.parameters()).device
-    fused = fuse_tensors(model, io.to_tensor(u.pixels).to(device),
-                         io.to_tensor(o.pixels).to(device), tile=args.tile, overlap=args.overlap)
-    io.write_image(out, io.from_tensor(fused.cpu()), u.bit_depth)
+    result = fuse_stack(paths, model, strategy=args.strategy, align=args.align,
+                        tile=args.tile, overlap=args.overlap)
+    if result.misalignment_px is not None and result.misalignment_px > MISALIGNED_PX:
+        dark, bright = paths[result.order[0]].name, paths[result.order[-1]].name
+        log.warning("%s and %s look misaligned by about %.1f px (hand-held?); pass --align to "
+                    "register them first", dark, bright, result.misalignment_px)
+    io.write_image(out, result.image, result.bit_depth)
+    notes = []
+    if len(paths) > 2 or result.order != list(range(len(paths))):
+        names = [paths[i].name for i in result.order]
+        notes.append("exposure order (" + result.ordering + "): " + " < ".join(names))
+    if len(paths) > 2:
+        notes.append(f"strategy {args.strategy}: fused " + ", ".join(paths[i].name
+                                                                     for i in result.used))
+    if result.motions:
+        notes += [f"{paths[i].name}: {result.motions[i]}" for i in result.order[1:]]
+    return "; ".join(notes)
 
 
 def _cmd_fuse(args: argparse.Namespace) -> int:
@@ -471,8 +506,9 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         raise InputError(None, "give either UNDER OVER files or --under/--over folders, not both")
     if folder_mode and (args.under is None or args.over is None):
         raise InputError(None, "folder mode needs both --under DIR and --over DIR")
-    if not folder_mode and len(args.images) != 2:
-        raise InputError(None, "expected two images: textmef fuse UNDER OVER -o OUT")
+    if not folder_mode and len(args.images) < 2:
+        raise InputError(None, "expected two or more images: textmef fuse UNDER OVER [MORE...] "
+                               "-o OUT")
     if args.tile and args.tile <= args.overlap:
         raise InputError(None, f"--tile ({args.tile}) must exceed --overlap ({args.overlap})")
     if args.threads:
@@ -480,10 +516,9 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
 
     if not folder_mode:
-        under, over = map(Path, args.images)
         model = load_model(args.weights, device)
-        _fuse_pair(model, under, over, args.output, args)
-        print(f"wrote {args.output}")
+        note = _fuse_files(model, [Path(p) for p in args.images], args.output, args)
+        print(f"wrote {args.output}" + (f" ({note})" if note else ""))
         return 0
 
     pairs = _pairs_from_folders(args.under, args.over)
@@ -501,7 +536,9 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     failures = 0
     for under, over, out in tqdm(jobs, desc="fusing", unit="pair", disable=None):
         try:
-            _fuse_pair(model, under, over, out, args)
+            note = _fuse_files(model, [under, over], out, args)
+            if note and args.align:
+                tqdm.write(f"{out.name}: {note}")
         except InputError as exc:
             failures += 1
             tqdm.write(f"textmef: error: {exc}", file=sys.stderr)

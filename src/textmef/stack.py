@@ -29,11 +29,14 @@ from torch import nn
 from textmef import io
 from textmef.errors import InputError
 
-__all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "StackFusion", "fuse_frames", "fuse_stack",
-           "load_frames", "order_frames"]
+__all__ = ["DEFAULT_STRATEGY", "MISALIGNED_PX", "STRATEGIES", "StackFusion", "fuse_frames",
+           "fuse_stack", "load_frames", "order_frames"]
 
 STRATEGIES = ("progressive", "extremes")
 DEFAULT_STRATEGY = "extremes"
+# Above this estimated shift (px) between the darkest and brightest frame, fusing without
+# registration visibly doubles edges, so the CLI suggests --align.
+MISALIGNED_PX = 1.0
 
 # fuse(under, over) on (1, 3, H, W) tensors in [0, 1] -> (1, 3, H, W) in [0, 1]
 PairFusion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -50,6 +53,8 @@ class StackFusion:
         used: indices of the input frames that were fused, in fusion order.
         bit_depth: the deepest input's bit depth (8 or 16), for writing the result.
         motions: one line per input frame describing its estimated motion, when aligned.
+        misalignment_px: when not aligned, a quick estimate of the shift between the darkest
+            and the brightest frame in pixels (for a "pass --align" warning).
     """
 
     image: np.ndarray
@@ -58,6 +63,7 @@ class StackFusion:
     used: list[int]
     bit_depth: int
     motions: list[str] | None = None
+    misalignment_px: float | None = None
 
 
 def load_frames(paths: Sequence[str | os.PathLike[str]]):
@@ -143,8 +149,12 @@ def fuse_stack(paths: Sequence[str | os.PathLike[str]], model: nn.Module, *,
     frames = load_frames(paths)
     order, ordering = order_frames(frames)
     pixels = [frames[i].pixels for i in order]
-    motions = None
-    if align:
+    motions = misalignment = None
+    if not align:
+        from textmef.align import misalignment_px
+
+        misalignment = misalignment_px(pixels[0], pixels[-1])
+    else:
         from textmef.align import align_frames
 
         result = align_frames(pixels, reference_index=0)
@@ -166,4 +176,5 @@ def fuse_stack(paths: Sequence[str | os.PathLike[str]], model: nn.Module, *,
     fused = fuse_frames(tensors, pair, strategy, on_step)
     used = [order[0], order[-1]] if strategy == "extremes" else list(order)
     return StackFusion(image=io.from_tensor(fused), order=order, ordering=ordering, used=used,
-                       bit_depth=max(f.bit_depth for f in frames), motions=motions)
+                       bit_depth=max(f.bit_depth for f in frames), motions=motions,
+                       misalignment_px=misalignment)

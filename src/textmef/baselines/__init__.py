@@ -4,7 +4,8 @@ Each baseline is a function ``xxx_fusion(under, over)`` and an ``nn.Module`` wit
 parameters, both called like :class:`textmef.models.fusionnet.FusionNet`: two float
 tensors of shape (B, 3, H, W) or (3, H, W), RGB in [0, 1], in; one fused float32 tensor of
 the same shape and device, in [0, 1], out. :data:`BASELINES` names the module classes so a
-benchmark can build them all alike.
+benchmark can build them all alike. ``mertens(frames)`` and ``enfuse_frames(frames)`` take any
+number of frames as numpy arrays (exposure stacks).
 """
 
 from torch import nn
@@ -14,6 +15,7 @@ from textmef.baselines.enfuse import (
     EnfuseFusion,
     EnfuseNotFoundError,
     enfuse_available,
+    enfuse_frames,
     enfuse_fusion,
     enfuse_version,
 )
@@ -34,6 +36,7 @@ __all__ = [
     "MeanFusion",
     "MertensFusion",
     "enfuse_available",
+    "enfuse_frames",
     "enfuse_fusion",
     "enfuse_version",
     "mean_fusion",

@@ -92,6 +92,28 @@ def enfuse_version(binary: str | os.PathLike[str] | None = None) -> str | None:
     return first[1]
 
 
+def enfuse_frames(frames: Sequence[np.ndarray], *, binary: str | os.PathLike[str] | None = None,
+           extra_args: Sequence[str] = (), timeout: float = DEFAULT_TIMEOUT) -> np.ndarray:
+    """Fuse N >= 2 RGB frames (float32 HxWx3 in [0, 1], any order) with the enfuse program.
+
+    The numpy, any-number-of-frames form of :func:`enfuse_fusion` (same options, same
+    caveats); returns float32 HxWx3 in [0, 1].
+
+    Raises:
+        ValueError: fewer than 2 frames, or frames of different shapes.
+        EnfuseNotFoundError: the binary is missing.
+        EnfuseError: enfuse failed, timed out or wrote no image.
+    """
+    if len(frames) < 2:
+        raise ValueError(f"enfuse needs at least 2 frames, got {len(frames)}")
+    if len({f.shape for f in frames}) != 1:
+        raise ValueError(f"frames differ in size: {sorted({f.shape for f in frames})}")
+    args = _check_extra_args(extra_args)
+    exe = find_enfuse(binary)
+    with tempfile.TemporaryDirectory(prefix="textmef-enfuse-") as tmp:
+        return _run_enfuse(exe, args, frames, Path(tmp), timeout)
+
+
 def enfuse_fusion(
     under: torch.Tensor,
     over: torch.Tensor,
@@ -138,7 +160,7 @@ def enfuse_fusion(
     with tempfile.TemporaryDirectory(prefix="textmef-enfuse-") as tmp:
         folder = Path(tmp)
         return fuse_per_image(
-            under, over, lambda u, o: _run_enfuse(exe, args, u, o, folder, timeout), "enfuse"
+            under, over, lambda u, o: _run_enfuse(exe, args, [u, o], folder, timeout), "enfuse"
         )
 
 
@@ -182,12 +204,12 @@ def _check_extra_args(extra_args: Sequence[str]) -> tuple[str, ...]:
     return tuple(str(arg) for arg in extra_args)
 
 
-def _run_enfuse(exe: str, args: tuple[str, ...], under: np.ndarray, over: np.ndarray,
+def _run_enfuse(exe: str, args: tuple[str, ...], frames: Sequence[np.ndarray],
                 folder: Path, timeout: float) -> np.ndarray:
-    paths = [folder / "under.tif", folder / "over.tif"]
+    paths = [folder / f"frame{i:02d}.tif" for i in range(len(frames))]
     out = folder / "fused.tif"
     out.unlink(missing_ok=True)  # a stale result from the previous image must not be read
-    for path, pixels in zip(paths, (under, over)):
+    for path, pixels in zip(paths, frames):
         io.write_image(path, pixels, 16)
     # "--" ends the options, so a file name can never be taken for one.
     command = [exe, "--depth=16", *args, f"--output={out}", "--", *map(str, paths)]

@@ -1,25 +1,34 @@
-"""Fusion methods by name, all with the network's call signature ``(under, over) -> fused``.
+"""Fusion methods by name, each a callable ``method(frames) -> fused``.
 
-Every method is an ``nn.Module`` taking two (B, 3, H, W) float tensors in [0, 1] and
-returning the fused (B, 3, H, W) tensor in [0, 1], so the benchmark fuses, times and scores
-the network and the classic baselines the same way.
+``frames`` are (1, 3, H, W) float tensors in [0, 1], darkest first: the (under, over) pair of
+a triplet dataset, or a whole exposure stack. The network fuses a stack with one of the
+strategies of :mod:`textmef.stack` (``textmef`` uses the default one; ``textmef-progressive``
+and ``textmef-extremes`` name them), Mertens and enfuse take every frame natively, ``mean``
+averages them. So the benchmark fuses, times and scores the network and the classic
+baselines the same way.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from textmef import io
 from textmef.errors import InputError
 from textmef.inference import DEFAULT_OVERLAP, DEFAULT_TILE, fuse_tensors
 
-__all__ = ["METHOD_NAMES", "MethodOptions", "MethodUnavailableError", "TiledFusion", "build_method",
-           "method_description", "unavailable_reason"]
+__all__ = ["DEFAULT_METHODS", "METHOD_NAMES", "MethodOptions", "MethodUnavailableError",
+           "TiledFusion", "build_method", "method_description", "unavailable_reason"]
 
-METHOD_NAMES = ("textmef", "mertens", "enfuse", "mean")
+METHOD_NAMES = ("textmef", "textmef-progressive", "textmef-extremes", "mertens", "enfuse",
+                "mean")
+# What `textmef bench` runs when --methods is not given.
+DEFAULT_METHODS = ("textmef", "mertens", "enfuse", "mean")
+FrameFusion = Callable[[Sequence[torch.Tensor]], torch.Tensor]
 
 
 class MethodUnavailableError(InputError):
@@ -60,12 +69,14 @@ class MethodOptions:
         device: ``cpu`` or ``cuda``.
         tile: tile side for the network (0 or None: whole image).
         overlap: tile overlap in pixels.
+        strategy: how ``textmef`` fuses stacks of 3+ frames (None: the package default).
     """
 
     weights: str | os.PathLike | None = None
     device: str = "cpu"
     tile: int | None = DEFAULT_TILE
     overlap: int = DEFAULT_OVERLAP
+    strategy: str | None = None
 
 
 def unavailable_reason(name: str) -> str | None:
@@ -81,8 +92,12 @@ def unavailable_reason(name: str) -> str | None:
     return None
 
 
-def build_method(name: str, options: MethodOptions | None = None) -> nn.Module:
-    """The fusion method called ``name`` (one of :data:`METHOD_NAMES`), in eval mode.
+def build_method(name: str, options: MethodOptions | None = None) -> FrameFusion:
+    """The fusion method called ``name`` (one of :data:`METHOD_NAMES`).
+
+    Returns:
+        ``method(frames) -> fused``: (1, 3, H, W) tensors in [0, 1], darkest first, in; the
+        fused (1, 3, H, W) tensor in [0, 1] out.
 
     Raises:
         MethodUnavailableError: unknown name, or the method cannot run on this machine.
@@ -92,36 +107,49 @@ def build_method(name: str, options: MethodOptions | None = None) -> nn.Module:
     reason = unavailable_reason(name)
     if reason:
         raise MethodUnavailableError(None, f"method {name}: {reason}")
-    if name == "textmef":
+    if name.startswith("textmef"):
         from textmef.api import load_model
+        from textmef.stack import fuse_frames
 
-        model = load_model(options.weights, options.device)
-        return TiledFusion(model, options.tile, options.overlap).eval()
-    from textmef.baselines import BASELINES
+        network = TiledFusion(load_model(options.weights, options.device), options.tile,
+                              options.overlap).eval()
+        strategy = _strategy(name, options)
+        return lambda frames: fuse_frames(frames, network, strategy)
+    if name == "mean":
+        return lambda frames: torch.stack(list(frames)).clamp(0.0, 1.0).mean(dim=0)
+    from textmef.baselines import enfuse_frames, mertens
 
-    return BASELINES[name]().eval()
+    numpy_fusion = mertens if name == "mertens" else enfuse_frames
+    return lambda frames: io.to_tensor(numpy_fusion([io.from_tensor(f) for f in frames]))
+
+
+def _strategy(name: str, options: MethodOptions) -> str:
+    from textmef.stack import DEFAULT_STRATEGY
+
+    return name.split("-", 1)[1] if "-" in name else options.strategy or DEFAULT_STRATEGY
 
 
 def method_description(name: str, options: MethodOptions | None = None) -> str:
     """One line saying exactly what ran, for reports (checkpoint, binary version)."""
     options = options or MethodOptions()
-    if name == "textmef":
+    if name.startswith("textmef"):
         from textmef.checkpoint import packaged_weights_path
 
         weights = options.weights or packaged_weights_path()
         tiles = f"tiles {options.tile} px, overlap {options.overlap}" if options.tile else \
             "whole image"
-        return f"TextMEF network, weights {weights}, {tiles}, {options.device}"
+        return (f"TextMEF network, weights {weights}, {tiles}, {options.device}; stacks: "
+                f"{_strategy(name, options)} strategy")
     if name == "mertens":
         import cv2
 
         return (f"Mertens et al. 2007 exposure fusion, OpenCV {cv2.__version__} MergeMertens "
                 "with the paper's weights (contrast, saturation, well-exposedness all 1), "
-                "single-threaded for bit-exact results")
+                "single-threaded for bit-exact results, all frames")
     if name == "enfuse":
         from textmef.baselines.enfuse import enfuse_version
 
-        return f"enfuse ({enfuse_version() or 'not installed'}), default weights"
+        return f"enfuse ({enfuse_version() or 'not installed'}), default weights, all frames"
     if name == "mean":
-        return "per-pixel mean of the two exposures"
+        return "per-pixel mean of the exposures"
     raise MethodUnavailableError(None, f"unknown method {name!r}")

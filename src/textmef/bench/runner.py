@@ -32,6 +32,7 @@ import torch
 from textmef import io
 from textmef.bench import report
 from textmef.bench.methods import (
+    DEFAULT_METHODS,
     METHOD_NAMES,
     MethodOptions,
     build_method,
@@ -40,7 +41,7 @@ from textmef.bench.methods import (
 )
 from textmef.bench.scoring import MetricSpec, resolve_metrics, score_image
 from textmef.data.folders import list_images
-from textmef.data.triplets import Triplet, find_triplets, split_by_sequence
+from textmef.data.triplets import find_triplets, split_by_sequence
 from textmef.errors import InputError
 
 __all__ = ["BenchConfig", "EvalResult", "match_fused", "run_bench", "run_eval"]
@@ -59,6 +60,10 @@ class BenchConfig:
             ``textmef make-pairs``) or SICE's ``trainA/ trainB/ trainC/``.
         out: the report folder (created; reused when it exists).
         methods: method names, in report order.
+        stacks: ``data`` is a folder of exposure stacks (as ``textmef make-pairs`` takes):
+            every method fuses all frames of a stack, darkest first.
+        references: with ``stacks``, a folder of references named like make-pairs names
+            the stacks (e.g. make-pairs' ``gt/``); optional.
         split: ``all`` scenes, or the ``train`` / ``val`` part of the fixed split by name
             hash that training uses.
         val_fraction: the split's held-out fraction (training's ``data.val_fraction``).
@@ -70,13 +75,24 @@ class BenchConfig:
 
     data: Path
     out: Path
-    methods: tuple[str, ...] = METHOD_NAMES
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    stacks: bool = False
+    references: Path | None = None
     split: str = "all"
     val_fraction: float = 0.1
     metrics: tuple[str, ...] | None = None
     limit: int | None = None
     method_options: MethodOptions = field(default_factory=MethodOptions)
     grid_height: int = 240
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One scene of a benchmark: its exposures, darkest first, and its reference (or None)."""
+
+    name: str
+    frames: tuple[Path, ...]
+    gt: Path | None
 
 
 @dataclass
@@ -96,12 +112,14 @@ def _load(path: Path) -> tuple[torch.Tensor, int]:
 
 def _check_same_size(name: str, tensors: dict[str, torch.Tensor], paths: dict[str, Path]
                      ) -> None:
+    """All images of a scene must share one size; the error names the odd file."""
     sizes = {role: tuple(t.shape[-2:]) for role, t in tensors.items()}
-    if len(set(sizes.values())) > 1:
-        role = next(r for r in sizes if sizes[r] != sizes["under"])
-        raise InputError(paths[role], f"scene {name!r}: {role} is {sizes[role][1]}x"
-                                      f"{sizes[role][0]} but under is {sizes['under'][1]}x"
-                                      f"{sizes['under'][0]}")
+    first = next(iter(sizes))
+    odd = next((r for r in sizes if sizes[r] != sizes[first]), None)
+    if odd is not None:
+        (h, w), (h0, w0) = sizes[odd], sizes[first]
+        raise InputError(paths[odd], f"scene {name!r}: {odd} is {w}x{h} but {first} is "
+                                     f"{w0}x{h0}")
 
 
 def _summarise(rows: Sequence[dict], columns: Sequence[str]
@@ -237,11 +255,18 @@ def _resolve(metrics: Sequence[str] | None, with_reference: bool) -> list[Metric
 # ---------------------------------------------------------------------------- bench
 
 
-def select_scenes(config: BenchConfig) -> list[Triplet]:
+def select_scenes(config: BenchConfig) -> list[Scene]:
     """The scenes a bench run covers: found, split and limited as configured."""
     if config.split not in SPLITS:
         raise InputError(None, f"split must be one of {', '.join(SPLITS)}, got {config.split!r}")
-    scenes = find_triplets(config.data, require_gt=False)
+    if config.stacks:
+        scenes = _stack_scenes(config.data, config.references)
+    else:
+        if config.references is not None:
+            raise InputError(config.references, "references are read from DATA_DIR/gt for "
+                                                "triplet folders; --references is for --stacks")
+        scenes = [Scene(t.name, (t.under, t.over), t.gt)
+                  for t in find_triplets(config.data, require_gt=False)]
     if config.split != "all":
         if not 0.0 < config.val_fraction < 1.0:
             raise InputError(None, f"val_fraction must be in (0, 1), got {config.val_fraction}")
@@ -249,7 +274,36 @@ def select_scenes(config: BenchConfig) -> list[Triplet]:
         scenes = val if config.split == "val" else train
         if not scenes:
             raise InputError(config.data, f"the {config.split} split is empty")
-    return scenes[: config.limit] if config.limit else scenes
+    scenes = scenes[: config.limit] if config.limit else scenes
+    return [_darkest_first(s) for s in scenes] if config.stacks else scenes
+
+
+def _stack_scenes(root: Path, references: Path | None) -> list[Scene]:
+    """Every exposure stack under ``root``, named as make-pairs names them."""
+    from textmef.data.stacks import find_stacks, list_stack_images, stack_name
+
+    refs = {p.stem: p for p in list_images(references)} if references is not None else {}
+    scenes = []
+    for folder in find_stacks(root):
+        frames = tuple(list_stack_images(folder))
+        if len(frames) < 2:
+            continue
+        name = stack_name(folder.relative_to(root), root)
+        if references is not None and name not in refs:
+            continue  # make-pairs skipped it, or it is not in this reference set
+        scenes.append(Scene(name, frames, refs.get(name)))
+    if not scenes:
+        raise InputError(root, "holds no exposure stack (a folder with 2+ images)"
+                         + (f" with a reference in {references}" if references else ""))
+    return scenes
+
+
+def _darkest_first(scene: Scene) -> Scene:
+    from textmef.stack import load_frames, order_frames
+
+    frames = load_frames(scene.frames)
+    order, _ = order_frames(frames)
+    return Scene(scene.name, tuple(scene.frames[i] for i in order), scene.gt)
 
 
 def _read_json(path: Path) -> dict:
@@ -279,7 +333,7 @@ class _MethodFolder:
                                        "another report folder")
         self.meta = {"description": description, "seconds": meta.get("seconds", {})}
 
-    def output(self, scene: Triplet, suffix: str = ".png") -> Path:
+    def output(self, scene: Scene, suffix: str = ".png") -> Path:
         return self.dir / f"{scene.name}{suffix}"
 
     def record(self, scene: str, seconds: float) -> None:
@@ -287,14 +341,30 @@ class _MethodFolder:
         report.write_text(self.meta_path, json.dumps(self.meta, indent=1, sort_keys=True))
 
 
-def _warm_up(method: torch.nn.Module, under: torch.Tensor, over: torch.Tensor) -> None:
+def _warm_up(method: Callable, frames: Sequence[torch.Tensor]) -> None:
     # Lazy initialisation (numba JIT, allocator, OpenCV tables) must not be billed to the
     # first scene: fuse a small crop once before timing.
-    crop = (..., slice(0, min(64, under.shape[-2])), slice(0, min(64, under.shape[-1])))
-    method(under[crop], over[crop])
+    crop = (..., slice(0, min(64, frames[0].shape[-2])), slice(0, min(64, frames[0].shape[-1])))
+    method([f[crop] for f in frames])
 
 
-def _fuse_missing(config: BenchConfig, scenes: Sequence[Triplet], names: Sequence[str],
+def _load_frames(scene: Scene) -> tuple[list[torch.Tensor], int]:
+    """The scene's frames as (1, 3, H, W) tensors, darkest first, and their deepest bit depth."""
+    loaded = [_load(p) for p in scene.frames]
+    tensors = [t for t, _ in loaded]
+    roles = _frame_roles(scene)
+    _check_same_size(scene.name, dict(zip(roles, tensors)), dict(zip(roles, scene.frames)))
+    return tensors, max(depth for _, depth in loaded)
+
+
+def _frame_roles(scene: Scene) -> list[str]:
+    """Names of the frames in reports: under/over for pairs, frame k/N for stacks."""
+    if len(scene.frames) == 2:
+        return ["under", "over"]
+    return [f"frame {k + 1}/{len(scene.frames)}" for k in range(len(scene.frames))]
+
+
+def _fuse_missing(config: BenchConfig, scenes: Sequence[Scene], names: Sequence[str],
                   progress: Progress, log: Callable[[str], None]) -> dict[str, _MethodFolder]:
     """Fuse every (method, scene) whose output is not on disk yet; time each fusion."""
     folders = {m: _MethodFolder(config.out, m, method_description(m, config.method_options))
@@ -309,22 +379,20 @@ def _fuse_missing(config: BenchConfig, scenes: Sequence[Triplet], names: Sequenc
         method = build_method(name, config.method_options)
         warmed = False
         for scene in progress(todo, desc=f"fusing with {name}"):
-            (under, depth), (over, _) = _load(scene.under), _load(scene.over)
-            _check_same_size(scene.name, {"under": under, "over": over},
-                             {"under": scene.under, "over": scene.over})
+            frames, depth = _load_frames(scene)
             if not warmed:
-                _warm_up(method, under, over)
+                _warm_up(method, frames)
                 warmed = True
             start = time.perf_counter()
             with torch.no_grad():
-                fused = method(under, over)
+                fused = method(frames)
             seconds = time.perf_counter() - start
             io.write_image(folder.output(scene), io.from_tensor(fused), depth)
             folder.record(scene.name, seconds)
     return folders
 
 
-def _score_all(config: BenchConfig, scenes: Sequence[Triplet], names: Sequence[str],
+def _score_all(config: BenchConfig, scenes: Sequence[Scene], names: Sequence[str],
                folders: dict[str, _MethodFolder], specs: Sequence[MetricSpec],
                progress: Progress) -> list[dict]:
     cache_path = config.out / "scores.json"
@@ -332,7 +400,7 @@ def _score_all(config: BenchConfig, scenes: Sequence[Triplet], names: Sequence[s
     wanted = [s.name for s in specs]
     rows, scored = [], 0
     jobs = [(scene, name) for scene in scenes for name in names]
-    sources: tuple[Triplet, dict[str, torch.Tensor]] | None = None
+    sources: tuple[Scene, list[torch.Tensor], torch.Tensor | None] | None = None
     for scene, name in progress(jobs, desc="scoring"):
         fused_path = folders[name].output(scene)
         key = f"{name}/{scene.name}"
@@ -341,13 +409,19 @@ def _score_all(config: BenchConfig, scenes: Sequence[Triplet], names: Sequence[s
         scores = entry.get("scores", {})
         if entry.get("stamp") != stamp or any(m not in scores for m in wanted):
             if sources is None or sources[0] is not scene:  # jobs are scene-major
-                roles = {"under": scene.under, "over": scene.over, "gt": scene.gt}
-                sources = (scene, {r: _load(p)[0] for r, p in roles.items() if p is not None})
-            tensors = {**sources[1], "fused": _load(fused_path)[0]}
-            _check_same_size(scene.name, tensors, {"under": scene.under, "over": scene.over,
-                                                   "fused": fused_path, "gt": scene.gt})
-            scores = {**scores, **score_image(tensors["under"], tensors["over"],
-                                              tensors["fused"], tensors.get("gt"), specs)}
+                frames, _ = _load_frames(scene)
+                sources = (scene, frames, _load(scene.gt)[0] if scene.gt else None)
+            _, frames, gt = sources
+            fused = _load(fused_path)[0]
+            checked = {"darkest frame": frames[0], "fused": fused}
+            paths = {"darkest frame": scene.frames[0], "fused": fused_path}
+            if gt is not None:
+                checked["gt"], paths["gt"] = gt, scene.gt
+            _check_same_size(scene.name, checked, paths)
+            # Two-source metrics see the darkest and brightest frame; MEF-SSIM the whole stack.
+            stack = torch.cat(frames) if len(frames) > 2 else None
+            scores = {**scores, **score_image(frames[0], frames[-1], fused, gt, specs,
+                                              stack=stack)}
             cache[key] = {"stamp": stamp, "scores": scores}
             scored += 1
             if scored % 8 == 0:  # checkpoint the cache now and then, not per image
@@ -432,7 +506,8 @@ def _bench_notes(config: BenchConfig, scenes, names, skipped, with_gt) -> list[s
     split = "all scenes" if config.split == "all" else (
         f"the {config.split} split (val_fraction {config.val_fraction}, by name hash, as in "
         "training)")
-    notes = [f"- data: `{config.data}`, {split}: {len(scenes)} scene(s)"
+    kind = "exposure stacks, all frames fused" if config.stacks else "pairs"
+    notes = [f"- data: `{config.data}` ({kind}), {split}: {len(scenes)} scene(s)"
              + ("" if with_gt else " (no references: PSNR, SSIM and TMQI not computed)"),
              f"- machine: {_environment()}",
              "- s/image: wall-clock seconds of the fusion call alone (images already in "
@@ -450,7 +525,7 @@ def _write_grids(config: BenchConfig, scenes, names, folders, progress) -> list[
     written = []
     for scene in progress(scenes, desc="grids"):
         path = grid_dir / f"{scene.name}.jpg"
-        parts = [("under", scene.under), ("over", scene.over)]
+        parts = list(zip(_frame_roles(scene), scene.frames))
         parts += [(m, folders[m].output(scene)) for m in names]
         if scene.gt is not None:
             parts.append(("reference", scene.gt))

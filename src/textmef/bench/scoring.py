@@ -43,32 +43,33 @@ class MetricSpec:
     compute: Callable[..., torch.Tensor]
 
 
-def _psnr(under, over, fused, gt):
+def _psnr(under, over, fused, gt, stack):
     return M.psnr(fused, gt, reduction="none")
 
 
-def _ssim(under, over, fused, gt):
+def _ssim(under, over, fused, gt, stack):
     return M.ssim(fused, gt, reduction="none")
 
 
-def _tmqi(under, over, fused, gt):
+def _tmqi(under, over, fused, gt, stack):
     return M.tmqi(gt, fused, reduction="none")
 
 
-def _mef_ssim(under, over, fused, gt):
-    return M.mef_ssim(torch.cat([under, over]), fused).reshape(1)
+def _mef_ssim(under, over, fused, gt, stack):
+    sources = stack if stack is not None else torch.cat([under, over])
+    return M.mef_ssim(sources, fused).reshape(1)
 
 
-def _qabf(under, over, fused, gt):
+def _qabf(under, over, fused, gt, stack):
     return M.qabf(under, over, fused, reduction="none")
 
 
-def _psnr_mefb(under, over, fused, gt):
+def _psnr_mefb(under, over, fused, gt, stack):
     return M.psnr_mefb(under, over, fused, reduction="none")
 
 
 def _no_ref(function):
-    return lambda under, over, fused, gt: function(fused, reduction="none")
+    return lambda under, over, fused, gt, stack: function(fused, reduction="none")
 
 
 METRICS: tuple[MetricSpec, ...] = (
@@ -122,7 +123,8 @@ def resolve_metrics(names: Sequence[str] | None, with_reference: bool) -> list[M
 @torch.no_grad()
 def score_image(under: torch.Tensor, over: torch.Tensor, fused: torch.Tensor,
                 gt: torch.Tensor | None = None,
-                metrics: Sequence[MetricSpec] | None = None) -> dict[str, float]:
+                metrics: Sequence[MetricSpec] | None = None,
+                stack: torch.Tensor | None = None) -> dict[str, float]:
     """All requested metrics of one fused image, as plain floats.
 
     Args:
@@ -131,6 +133,9 @@ def score_image(under: torch.Tensor, over: torch.Tensor, fused: torch.Tensor,
         fused: the fused image, same shape.
         gt: the reference, same shape, or None (reference metrics are then skipped).
         metrics: which metrics (default: all that apply).
+        stack: all source exposures, (K, 3, H, W), when there are more than two: MEF-SSIM
+            is then computed against the whole stack (the two-source metrics QAB/F and
+            PSNR_MEFB keep ``under`` and ``over``, the darkest and brightest frames).
 
     Returns:
         ``{metric name: value}`` in the order of ``metrics``.
@@ -140,5 +145,5 @@ def score_image(under: torch.Tensor, over: torch.Tensor, fused: torch.Tensor,
     for spec in specs:
         if spec.needs == "reference" and gt is None:
             continue
-        scores[spec.name] = float(spec.compute(under, over, fused, gt)[0])
+        scores[spec.name] = float(spec.compute(under, over, fused, gt, stack)[0])
     return scores

@@ -1,0 +1,481 @@
+"""The Flask application behind ``textmef serve``.
+
+Endpoints:
+
+* ``GET /``: the page.
+* ``POST /api/fuse``: multipart form with ``files`` (2 to ``max_files`` images of one
+  scene), ``strategy`` (one of :data:`textmef.stack.STRATEGIES`) and ``align`` (``1``/``0``).
+  Answers the JSON described in :func:`create_app`.
+* ``GET /api/result/<id>``: that JSON again.
+* ``GET /api/result/<id>/fused.png``: the fused image as an attachment named
+  ``fused.png``, 16-bit when any input is 16-bit, else 8-bit.
+* ``GET /api/result/<id>/preview.jpg`` and ``/api/result/<id>/input/<i>.jpg``: 8-bit
+  previews (at most :data:`PREVIEW_SIDE` pixels a side) of the result and of input ``i``
+  (upload order), for the page's thumbnails and comparison slider.
+* ``GET /healthz``: ``{"status": "ok", ...}``.
+
+Errors under ``/api/`` are JSON ``{"error": message}``, the message naming the file:
+400 a malformed request (fewer than 2 or too many files, unknown option), 413 an upload
+over the size limit, 422 files that arrived but cannot be fused (unsupported type,
+damaged, too many pixels, mixed sizes, alignment failure), 404 an unknown or evicted
+result, 500 an unexpected failure.
+
+Files: each request gets its own :class:`tempfile.TemporaryDirectory` under ``temp_root``;
+uploads are spooled and saved only there, the download PNG is encoded there, and the
+folder is gone when the response is sent. Results live in memory, the last
+``max_results`` kept (least recently used evicted first).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import secrets
+import tempfile
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path, PureWindowsPath
+from typing import Any
+
+import cv2
+import numpy as np
+import PIL.Image
+from flask import Flask, Request, jsonify, render_template, request, send_file, url_for
+from torch import nn
+from werkzeug.datastructures import FileStorage
+from werkzeug.exceptions import HTTPException
+
+from textmef import __version__, io
+from textmef.errors import InputError
+from textmef.stack import DEFAULT_STRATEGY, STRATEGIES, fuse_stack
+
+__all__ = ["DEFAULT_MAX_FILES", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_RESULTS",
+           "DEFAULT_MAX_UPLOAD_MB", "PREVIEW_SIDE", "ResultStore", "align_available",
+           "create_app"]
+
+log = logging.getLogger("textmef")
+
+DEFAULT_MAX_UPLOAD_MB = 200
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_FILES = 9
+DEFAULT_MAX_RESULTS = 4
+PREVIEW_SIDE = 1600
+DOWNLOAD_NAME = "fused.png"
+
+STRATEGY_HELP = {
+    "extremes": "darkest + brightest",
+    "progressive": "every frame in turn",
+}
+
+_MB = 1024 * 1024
+_SPOOL_BYTES = 500 * 1024  # werkzeug's own threshold for keeping a file part in memory
+_PREVIEW_QUALITY = 90
+_UPLOAD_DIR_KEY = "textmef.upload_dir"
+_TRUE = frozenset({"1", "true", "on", "yes"})
+_FALSE = frozenset({"", "0", "false", "off", "no"})
+_NAMES_SHOWN = 3  # extra file names listed in a "too many files" message
+
+
+class ApiError(Exception):
+    """A problem with a request, answered as JSON ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, eq=False)
+class FusedResult:
+    """One fusion as the server keeps it: the JSON answer and the encoded images.
+
+    Attributes:
+        meta: the JSON the fuse request answered.
+        png: the download, a PNG at the inputs' bit depth.
+        preview: an 8-bit JPEG of the result for the page.
+        input_previews: 8-bit JPEGs of the inputs, in upload order.
+    """
+
+    meta: dict[str, Any]
+    png: bytes
+    preview: bytes
+    input_previews: tuple[bytes, ...]
+
+
+class ResultStore:
+    """The last ``capacity`` results, least recently used evicted first; thread-safe."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._items: OrderedDict[str, FusedResult] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, key: str, result: FusedResult) -> None:
+        """Keep ``result`` under ``key``, evicting the least recently used beyond capacity."""
+        with self._lock:
+            self._items[key] = result
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def get(self, key: str) -> FusedResult | None:
+        """The result under ``key`` (marking it recently used), or None if unknown."""
+        with self._lock:
+            result = self._items.get(key)
+            if result is not None:
+                self._items.move_to_end(key)
+            return result
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+@dataclass(frozen=True)
+class _Upload:
+    name: str  # as the user called it: every message names this, never the temporary path
+    path: Path
+    size: tuple[int, int] | None  # (width, height) from the header, None if Pillow can't tell
+
+
+def align_available() -> bool:
+    """Whether frame alignment (:mod:`textmef.align`) is installed."""
+    try:
+        return importlib.util.find_spec("textmef.align") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def create_app(model: nn.Module, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+               max_pixels: int = DEFAULT_MAX_PIXELS, max_files: int = DEFAULT_MAX_FILES,
+               temp_root: str | os.PathLike[str], max_results: int = DEFAULT_MAX_RESULTS,
+               ) -> Flask:
+    """Build the web application around a loaded fusion network (no I/O happens here).
+
+    A successful ``POST /api/fuse`` answers::
+
+        {"id", "width", "height", "bit_depth", "format": "PNG", "filename": "fused.png",
+         "strategy", "align", "ordering", "order", "used", "motions", "seconds",
+         "inputs": [{"index", "name", "width", "height", "preview_url"}, ...],
+         "preview_url", "download_url", "result_url"}
+
+    where ``order`` lists input indices (upload order) from darkest to brightest, ``used``
+    the ones fused, and ``motions`` one line per input when aligned (else null).
+
+    Args:
+        model: the fusion network (see :func:`textmef.api.load_model`); it is used by one
+            request at a time.
+        max_upload_mb: the largest request body accepted, in MiB.
+        max_pixels: the most pixels one image may have, checked from its header.
+        max_files: the most images one request may fuse.
+        temp_root: an existing folder that receives one temporary folder per request.
+        max_results: how many results are kept in memory for download.
+
+    Returns:
+        The Flask application (a WSGI callable).
+
+    Raises:
+        ValueError: a limit is not positive.
+    """
+    if max_upload_mb <= 0 or max_pixels < 1 or max_files < 2:
+        raise ValueError(f"limits must be positive and allow 2 files: max_upload_mb="
+                         f"{max_upload_mb}, max_pixels={max_pixels}, max_files={max_files}")
+    temp_root = Path(temp_root)
+    app = Flask("textmef.web")
+    app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * _MB)
+    app.request_class = _request_class(temp_root)
+    results = ResultStore(max_results)
+    # The network keeps per-call state in its scan kernels and torch's thread pool is
+    # shared, so fusions run one at a time; other requests (page, previews) go on.
+    fuse_lock = threading.Lock()
+
+    @app.get("/")
+    def index():
+        return render_template(
+            "index.html", version=__version__, strategies=STRATEGIES,
+            default_strategy=DEFAULT_STRATEGY, strategy_help=STRATEGY_HELP,
+            align_available=align_available(), max_files=max_files,
+            max_upload_bytes=app.config["MAX_CONTENT_LENGTH"], max_pixels=max_pixels,
+            max_upload_text=f"{max_upload_mb:g} MB", max_pixels_text=f"{max_pixels / 1e6:g} MP",
+            suffixes=sorted(io.SUPPORTED_SUFFIXES))
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok", version=__version__, busy=fuse_lock.locked(),
+                       results=len(results))
+
+    @app.post("/api/fuse")
+    def fuse():
+        with tempfile.TemporaryDirectory(prefix="request-", dir=temp_root,
+                                         ignore_cleanup_errors=True) as folder:
+            # Set before the form is parsed: file parts then spool into this folder.
+            request.environ[_UPLOAD_DIR_KEY] = folder
+            parts: list[FileStorage] = []
+            try:
+                strategy, align = _options(request.form)
+                parts = request.files.getlist("files")
+                files = [f for f in parts if f.filename]  # a browser sends "" for no file
+                names = _check_count(files, max_files)
+                uploads = _save(files, names, Path(folder), max_pixels)
+                result = _fuse(model, uploads, strategy, align, Path(folder), fuse_lock)
+            finally:
+                # Closed before the folder goes, so the cleanup also works on Windows.
+                for part in parts:
+                    part.close()
+        results.put(result.meta["id"], result)
+        return jsonify(result.meta)
+
+    @app.get("/api/result/<rid>")
+    def result_meta(rid: str):
+        return jsonify(_lookup(results, rid).meta)
+
+    @app.get("/api/result/<rid>/fused.png")
+    def result_download(rid: str):
+        return send_file(BytesIO(_lookup(results, rid).png), mimetype="image/png",
+                         as_attachment=True, download_name=DOWNLOAD_NAME)
+
+    @app.get("/api/result/<rid>/preview.jpg")
+    def result_preview(rid: str):
+        return send_file(BytesIO(_lookup(results, rid).preview), mimetype="image/jpeg")
+
+    @app.get("/api/result/<rid>/input/<int:index>.jpg")
+    def input_preview(rid: str, index: int):
+        previews = _lookup(results, rid).input_previews
+        if index >= len(previews):
+            raise ApiError(404, f"result {rid} has no input {index} (it has {len(previews)})")
+        return send_file(BytesIO(previews[index]), mimetype="image/jpeg")
+
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError):
+        return jsonify(error=exc.message), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        if not request.path.startswith("/api/"):
+            return exc
+        message = exc.description
+        if exc.code == 413:
+            size = request.content_length or 0
+            message = (f"the upload is {size / _MB:.1f} MB, over this server's limit of "
+                       f"{max_upload_mb:g} MB (--max-upload-mb); send fewer or smaller files")
+        elif exc.code == 500:
+            cause = getattr(exc, "original_exception", None)
+            if cause is not None:
+                message = (f"fusion failed unexpectedly ({type(cause).__name__}: {cause}); "
+                           "see the server's log")
+        return jsonify(error=message), exc.code
+
+    @app.after_request
+    def harden(response):
+        # Everything the page needs comes from this server; nothing may load from elsewhere.
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+            "base-uri 'none'; frame-ancestors 'none'")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        return response
+
+    return app
+
+
+def _request_class(temp_root: Path) -> type[Request]:
+    class UploadRequest(Request):
+        """A request whose file parts spool into the request's folder, not the system's."""
+
+        def _get_file_stream(self, total_content_length: int | None,
+                             content_type: str | None, filename: str | None = None,
+                             content_length: int | None = None):
+            folder = self.environ.get(_UPLOAD_DIR_KEY, temp_root)
+            return tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, mode="rb+",
+                                                 dir=folder)
+
+    return UploadRequest
+
+
+def _options(form) -> tuple[str, bool]:
+    strategy = form.get("strategy") or DEFAULT_STRATEGY
+    if strategy not in STRATEGIES:
+        raise ApiError(400, f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    flag = form.get("align", "").strip().lower()
+    if flag not in _TRUE | _FALSE:
+        raise ApiError(400, f"align must be 1 or 0, not {flag!r}")
+    align = flag in _TRUE
+    if align and not align_available():
+        raise ApiError(400, "alignment is not available on this server (the textmef.align "
+                            "module is not installed); fuse without 'align frames'")
+    return strategy, align
+
+
+def _display_name(filename: str | None, index: int) -> str:
+    # Browsers send a bare name, but nothing stops a client sending a path or control
+    # characters; the name only ever appears in messages, never in a file system path.
+    name = PureWindowsPath(filename or "").name  # splits on both / and \
+    name = "".join(c for c in name if c.isprintable()).strip()[:200]
+    return name or f"file {index + 1}"
+
+
+def _check_count(files: Sequence[FileStorage], max_files: int) -> list[str]:
+    names = [_display_name(f.filename, i) for i, f in enumerate(files)]
+    if len(names) < 2:
+        got = f"only {names[0]} was sent" if names else "no files were sent"
+        raise ApiError(400, f"fusion needs at least 2 photos of one scene; {got}")
+    if len(names) > max_files:
+        extra = names[max_files:]
+        shown = ", ".join(extra[:_NAMES_SHOWN]) + (", ..." if len(extra) > _NAMES_SHOWN else "")
+        raise ApiError(400, f"{len(names)} files sent but at most {max_files} can be fused at "
+                            f"once (--max-files); leave out {len(extra)}, e.g. {shown}")
+    return names
+
+
+def _save(files: Sequence[FileStorage], names: Sequence[str], folder: Path,
+          max_pixels: int) -> list[_Upload]:
+    suffixes = [Path(name).suffix.lower() for name in names]
+    for name, suffix in zip(names, suffixes):
+        if suffix not in io.SUPPORTED_SUFFIXES:  # before saving anything: cheap, and clear
+            wanted = ", ".join(sorted(io.SUPPORTED_SUFFIXES))
+            raise ApiError(422, f"{name}: unsupported file type ({suffix or 'no suffix'}); "
+                                f"use one of {wanted}")
+    uploads = []
+    for i, (f, name, suffix) in enumerate(zip(files, names, suffixes)):
+        # A random part keeps the temporary names from ever matching what a user typed,
+        # so they can be told apart when messages are translated back to user names.
+        path = folder / f"in{i:02d}-{secrets.token_hex(4)}{suffix}"
+        f.save(path)
+        try:
+            size = _header_size(path, name, max_pixels)
+        except InputError as exc:
+            raise ApiError(422, str(exc)) from None
+        uploads.append(_Upload(name=name, path=path, size=size))
+    return uploads
+
+
+def _header_size(path: Path, name: str, max_pixels: int) -> tuple[int, int] | None:
+    """Check an image's pixel count from its header, before anything decodes it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: our own cap applies
+            with PIL.Image.open(path) as im:
+                width, height = im.size
+    except PIL.Image.DecompressionBombError:
+        limit = 2 * (PIL.Image.MAX_IMAGE_PIXELS or 0)
+        raise InputError(name, f"has over {limit / 1e6:.0f} MP, too many to open safely; "
+                               f"the limit is {max_pixels / 1e6:g} MP per image") from None
+    except Exception:  # not Pillow's to judge: read_image reports what is wrong with it
+        return None
+    if width * height > max_pixels:
+        raise InputError(name, f"is {width}x{height} pixels ({width * height / 1e6:.1f} MP), "
+                               f"over this server's limit of {max_pixels / 1e6:g} MP per "
+                               "image (--max-pixels); downsize it first")
+    return width, height
+
+
+def _fuse(model: nn.Module, uploads: Sequence[_Upload], strategy: str, align: bool,
+          folder: Path, fuse_lock: threading.Lock) -> FusedResult:
+    started = time.perf_counter()
+    try:
+        with fuse_lock:
+            fusion = fuse_stack([u.path for u in uploads], model, strategy=strategy,
+                                align=align)
+    except InputError as exc:
+        raise ApiError(422, _user_message(exc, uploads)) from None
+    except ImportError as exc:  # textmef.align present but one of its imports is not
+        if not align:
+            raise
+        raise ApiError(400, f"alignment is not available on this server ({exc}); fuse "
+                            "without 'align frames'") from None
+    seconds = time.perf_counter() - started
+    png = io.write_image(folder / DOWNLOAD_NAME, fusion.image, fusion.bit_depth).read_bytes()
+    preview = _jpeg(_fit(_to_uint8_bgr(fusion.image)))
+    input_previews = tuple(_file_preview(u) for u in uploads)
+    rid = secrets.token_urlsafe(9)
+    height, width = fusion.image.shape[:2]
+    meta = {
+        "id": rid, "width": width, "height": height, "bit_depth": fusion.bit_depth,
+        "format": "PNG", "filename": DOWNLOAD_NAME, "strategy": strategy, "align": align,
+        "ordering": fusion.ordering, "order": list(fusion.order), "used": list(fusion.used),
+        "motions": fusion.motions, "seconds": round(seconds, 3),
+        "inputs": [{"index": i, "name": u.name,
+                    "width": u.size[0] if u.size else None,
+                    "height": u.size[1] if u.size else None,
+                    "preview_url": url_for("input_preview", rid=rid, index=i)}
+                   for i, u in enumerate(uploads)],
+        "preview_url": url_for("result_preview", rid=rid),
+        "download_url": url_for("result_download", rid=rid),
+        "result_url": url_for("result_meta", rid=rid),
+    }
+    log.info("fused %d image(s) into %dx%d (%d-bit, %s) in %.2f s", len(uploads), width,
+             height, fusion.bit_depth, strategy, seconds)
+    return FusedResult(meta=meta, png=png, preview=preview, input_previews=input_previews)
+
+
+def _user_message(exc: InputError, uploads: Sequence[_Upload]) -> str:
+    """``exc``'s message with every temporary path or name replaced by the user's name."""
+    swaps: dict[str, str] = {}
+    for u in uploads:
+        swaps[str(u.path)] = u.name
+        swaps[u.path.name] = u.name
+    # One pass, longest first: full paths before bare names, and no name is swapped twice.
+    pattern = re.compile("|".join(re.escape(k) for k in sorted(swaps, key=len, reverse=True)))
+    problem = pattern.sub(lambda m: swaps[m.group(0)], exc.problem)
+    if exc.path is None:
+        return problem
+    return f"{pattern.sub(lambda m: swaps[m.group(0)], str(exc.path))}: {problem}"
+
+
+def _lookup(results: ResultStore, rid: str) -> FusedResult:
+    result = results.get(rid)
+    if result is None:
+        raise ApiError(404, f"result {rid} is not available (only the last {results.capacity} "
+                            "results are kept); fuse the photos again")
+    return result
+
+
+def _to_uint8_bgr(pixels: np.ndarray) -> np.ndarray:
+    levels = np.rint(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return cv2.cvtColor(levels, cv2.COLOR_RGB2BGR)
+
+
+def _fit(image: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:
+    height, width = image.shape[:2]
+    scale = side / max(height, width)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+_REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+            (2, cv2.IMREAD_REDUCED_COLOR_2))
+
+
+def _file_preview(upload: _Upload) -> bytes:
+    """An 8-bit JPEG preview of an input that fusion has already read successfully."""
+    flags = cv2.IMREAD_COLOR  # 8-bit, EXIF orientation applied like read_image does
+    if upload.size is not None:
+        # A reduced decode (JPEG scales while decoding) keeps a 40 MP input from costing
+        # a full-size copy just for a thumbnail.
+        for factor, reduced in _REDUCED:
+            if max(upload.size) // factor >= PREVIEW_SIDE:
+                flags = reduced
+                break
+    bgr = cv2.imdecode(np.fromfile(upload.path, dtype=np.uint8), flags)
+    if bgr is None:
+        raise ApiError(422, f"{upload.name}: could not be decoded for its preview")
+    return _jpeg(_fit(bgr))
+
+
+def _jpeg(bgr: np.ndarray) -> bytes:
+    ok, buffer = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, _PREVIEW_QUALITY])
+    if not ok:
+        raise RuntimeError("could not encode a JPEG preview")
+    return buffer.tobytes()
