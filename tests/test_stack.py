@@ -189,3 +189,66 @@ def test_bench_stacks_keeps_only_stacks_with_a_reference(stacks, tmp_path):
     assert [s.name for s in scenes] == ["group_alpha"]
     no_refs = select_scenes(BenchConfig(data=root, out=tmp_path, stacks=True))
     assert [s.gt for s in no_refs] == [None, None]
+
+
+# ---- hand-held pairs ----------------------------------------------------------------------
+
+
+def textured_scene(size=(240, 320), seed=3) -> np.ndarray:
+    """Edges at many scales, so that registration has something to lock on to."""
+    import cv2
+
+    h, w = size
+    rng = np.random.default_rng(seed)
+    noise = cv2.resize(rng.random((h // 8, w // 8, 3)).astype(np.float32), (w, h),
+                       interpolation=cv2.INTER_CUBIC)
+    base = 0.3 + 0.4 * noise
+    for _ in range(25):
+        y, x = int(rng.integers(0, h - 30)), int(rng.integers(0, w - 30))
+        base[y: y + int(rng.integers(8, 30)), x: x + int(rng.integers(8, 30))] = rng.random(3)
+    return np.clip(base, 0, 1).astype(np.float32)
+
+
+def write_handheld_pair(folder, shift=(6.0, -4.0)):
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    base = textured_scene()
+    h, w = base.shape[:2]
+    moved = cv2.warpAffine(base, np.float32([[1, 0, shift[0]], [0, 1, shift[1]]]), (w, h),
+                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    under = io.write_image(folder / "under.png", base * 0.35, 8)
+    over = io.write_image(folder / "over.png", np.clip(moved * 2.2, 0, 1), 8)
+    return under, over
+
+
+def test_cli_warns_about_a_misaligned_pair_and_aligns_it_on_request(tmp_path, capsys, caplog):
+    under, over = write_handheld_pair(tmp_path / "p")
+    plain, aligned = tmp_path / "plain.png", tmp_path / "aligned.png"
+    assert main(["fuse", str(under), str(over), "-o", str(plain)]) == 0
+    assert "look misaligned by about" in caplog.text and "--align" in caplog.text
+    caplog.clear()
+    assert main(["fuse", str(under), str(over), "-o", str(aligned), "--align"]) == 0
+    assert "misaligned" not in caplog.text
+    printed = capsys.readouterr().out
+    assert "over.png: shift" in printed
+    h, w = io.read_image(aligned).pixels.shape[:2]
+    # cropped to the common area: about the shift smaller, not more
+    assert 240 - 6 <= h <= 240 - 4 and 320 - 8 <= w <= 320 - 6
+
+
+def test_make_pairs_align_crops_every_output_and_records_the_motion(tmp_path):
+    import json
+
+    from textmef.data.stacks import PairOptions, make_pairs
+
+    under, over = write_handheld_pair(tmp_path / "stacks" / "walk")
+    manifest = make_pairs(tmp_path / "stacks", tmp_path / "pairs",
+                          PairOptions(reference="mertens", align=True))
+    entry = manifest["stacks"][0]
+    assert entry["alignment"]["reference"] in ("under.png", "over.png")
+    assert "shift" in next(iter(entry["alignment"]["motions"].values()))
+    shapes = {io.read_image(tmp_path / "pairs" / rel).pixels.shape
+              for rel in entry["outputs"].values()}
+    assert len(shapes) == 1 and next(iter(shapes))[0] < 240
+    assert json.loads((tmp_path / "pairs/manifest.json").read_text())["options"]["align"]

@@ -270,6 +270,9 @@ def _add_make_pairs(sub) -> None:
                         "anything else (default: keep the size)")
     p.add_argument("--skip-existing", action="store_true",
                    help="keep stacks whose outputs and manifest entry an earlier run wrote")
+    p.add_argument("--align", action="store_true",
+                   help="register every frame to the middle exposure first (hand-held "
+                        "brackets) and crop to the common area; motions go to the manifest")
     p.set_defaults(run=_cmd_make_pairs)
 
 
@@ -285,7 +288,8 @@ def _cmd_make_pairs(args: argparse.Namespace) -> int:
         raise InputError(None, "--ev-gap is only used with --pick ev-gap")
     options = PairOptions(
         pick=args.pick, ev_gap=PairOptions.ev_gap if args.ev_gap is None else args.ev_gap,
-        reference=args.reference, max_side=args.max_side, skip_existing=args.skip_existing)
+        reference=args.reference, max_side=args.max_side, skip_existing=args.skip_existing,
+        align=args.align)
     start = time.perf_counter()
     with logging_redirect_tqdm():  # warnings about skipped folders print above the bar
         manifest = make_pairs(args.stacks, args.output, options, progress=True)

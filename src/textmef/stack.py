@@ -136,7 +136,9 @@ def fuse_stack(paths: Sequence[str | os.PathLike[str]], model: nn.Module, *,
         paths: the image files, in any order.
         model: the fusion network (see :func:`textmef.api.load_model`).
         strategy: ``progressive`` or ``extremes``.
-        align: register every frame to the darkest one first and crop to the common area.
+        align: register the frames first and crop to their common area: a pair to the
+            darker frame, a longer stack to its middle exposure (which shares the most
+            unclipped detail with both ends).
         tile: tile side for the network (None: the default; 0: whole image).
         overlap: tile overlap (None: the default).
         on_step: progress callback ``on_step(done, total)`` per network pass.
@@ -157,7 +159,7 @@ def fuse_stack(paths: Sequence[str | os.PathLike[str]], model: nn.Module, *,
     else:
         from textmef.align import align_frames
 
-        result = align_frames(pixels, reference_index=0)
+        result = align_frames(pixels, reference_index=0 if len(pixels) == 2 else len(pixels) // 2)
         pixels = result.frames
         by_sorted = [m.describe() for m in result.motions]
         motions = [""] * len(frames)

@@ -91,6 +91,8 @@ class PairOptions:
             else; None keeps the size.
         skip_existing: keep a stack's outputs and manifest entry when all three files and
             the entry of a previous run exist.
+        align: register every frame to the middle exposure (:func:`textmef.align.
+            align_frames`) and crop all to the common area before anything else.
     """
 
     pick: str = "extremes"
@@ -98,6 +100,7 @@ class PairOptions:
     reference: str = "best"
     max_side: int | None = None
     skip_existing: bool = False
+    align: bool = False
 
     def __post_init__(self) -> None:
         if self.pick not in PICK_MODES:
@@ -531,6 +534,9 @@ def make_pairs(stacks_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
 def _make_one(folder: Path, source: str, name: str, out: Path, outputs: dict[str, str],
               options: PairOptions, scorer: Scorer | None) -> dict:
     frames, ordering = order_by_exposure(load_stack(folder, options.max_side))
+    alignment = None
+    if options.align:
+        frames, alignment = _align(frames)
     ev = relative_exposures(frames, ordering)
     under, over = pick_pair(ev.tolist(), options.pick, options.ev_gap)
     bit_depth = 16 if all(f.bit_depth == 16 for f in frames) else 8
@@ -557,7 +563,24 @@ def _make_one(folder: Path, source: str, name: str, out: Path, outputs: dict[str
                                  for k, v in reference.scores.items()}},
         "gt_mean_luminance": _round(mean_luminance(reference.image)),
         "outputs": outputs,
+        **({"alignment": alignment} if alignment else {}),
     }
+
+
+def _align(frames: Sequence[Frame]) -> tuple[list[Frame], dict]:
+    """Frames registered to the middle exposure and cropped to their common area."""
+    from dataclasses import replace
+
+    from textmef.align import align_frames
+
+    # The middle exposure shares the most unclipped detail with both ends of the stack.
+    middle = len(frames) // 2
+    result = align_frames([f.pixels for f in frames], reference_index=middle)
+    aligned = [replace(f, pixels=p) for f, p in zip(frames, result.frames)]
+    report = {"reference": frames[middle].path.name, "crop": list(result.crop),
+              "motions": {f.path.name: m.describe() for f, m in zip(frames, result.motions)
+                          if f is not frames[middle]}}
+    return aligned, report
 
 
 def _skip(manifest: dict, source: str, reason: str) -> None:
