@@ -33,10 +33,10 @@ def main() -> None:
     total = 0.0
     print(f"| metric | s per {w}x{h} image |\n|---|---|")
     for spec in METRICS:
-        spec.compute(under, over, fused, gt)  # warm-up
+        spec.compute(under, over, fused, gt, None)  # warm-up
         start = time.perf_counter()
         for _ in range(args.repeat):
-            spec.compute(under, over, fused, gt)
+            spec.compute(under, over, fused, gt, None)
         seconds = (time.perf_counter() - start) / args.repeat
         total += seconds
         print(f"| {spec.name} | {seconds:.3f} |")

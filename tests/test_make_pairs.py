@@ -138,7 +138,7 @@ def test_make_pairs_writes_triplets_and_a_manifest(tree):
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert manifest["textmef_version"] == __version__
     assert manifest["options"] == {"pick": "extremes", "ev_gap": 2.0, "reference": "best",
-                                   "max_side": None}
+                                   "max_side": None, "align": False}
     s1, s2 = manifest["stacks"]
     assert (s1["source"], s1["name"], s1["size"]) == ("groupA/s1", "groupA_s1", [64, 48])
     assert s1["ordering"] == "luminance"
