@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from textmef.cli import _positive
 from textmef.errors import InputError, TextmefError
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Server", "add_serve_parser", "make_server",
@@ -30,13 +31,6 @@ _MB = 1024 * 1024
 # Bodies a little over the app's limit still reach Flask, which answers with a JSON
 # message; far larger ones are refused by waitress before it buffers them.
 _BODY_SLACK = _MB
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -86,12 +80,12 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path, help="a .safetensors checkpoint "
                                                 "(default: the packaged one)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=_positive_int,
+    p.add_argument("--threads", type=_positive,
                    help="CPU threads per fusion (default: all cores)")
     p.add_argument("--max-upload-mb", type=_positive_float, default=DEFAULT_MAX_UPLOAD_MB,
                    metavar="MB", help="largest upload, all files together "
                                       f"(default {DEFAULT_MAX_UPLOAD_MB})")
-    p.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+    p.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS,
                    metavar="N", help=f"most pixels per image (default {DEFAULT_MAX_PIXELS:_})")
     p.add_argument("--max-files", type=_file_count, default=DEFAULT_MAX_FILES, metavar="N",
                    help=f"most images per fusion (default {DEFAULT_MAX_FILES})")
