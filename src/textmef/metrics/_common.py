@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GAUSS_11", "RGB2GRAY_WEIGHTS", "MEFBMetric", "as_batches", "downsample2",
-           "gaussian_taps", "gaussian_valid", "reduce", "to_255"]
+__all__ = ["GAUSS_11", "RGB2GRAY_WEIGHTS", "MEFBMetric", "ReferenceMetric", "as_batches",
+           "downsample2", "gaussian_taps", "gaussian_valid", "reduce", "to_255"]
 
 # MATLAB rgb2gray coefficients (first row of the inverse NTSC matrix), as MEFB uses them.
 RGB2GRAY_WEIGHTS = (0.298936021293775, 0.587043074451121, 0.114020904254103)
@@ -148,3 +148,27 @@ class MEFBMetric(nn.Module):
 
     def extra_repr(self) -> str:
         return f"quantize={self.quantize}, reduction={self.reduction!r}"
+
+
+class ReferenceMetric(nn.Module):
+    """``nn.Module`` form of a full-reference metric ``function(pred, target, data_range,
+    reduction)``; subclasses set ``function`` (wrapped in ``staticmethod``).
+
+    Args:
+        data_range: the peak value / dynamic range, 1.0 for images in [0, 1].
+        reduction: ``"mean"`` or ``"none"``.
+    """
+
+    function: ClassVar[Callable[..., torch.Tensor]]
+
+    def __init__(self, data_range: float = 1.0, reduction: str = "mean") -> None:
+        super().__init__()
+        self.data_range = data_range
+        self.reduction = reduction
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The metric of ``pred`` against ``target``."""
+        return self.function(pred, target, self.data_range, self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"data_range={self.data_range}, reduction={self.reduction!r}"

@@ -9,9 +9,8 @@ uses sqrt(SSE)/N in place of the mean squared error.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from textmef.metrics._common import reduce
+from textmef.metrics._common import ReferenceMetric, reduce
 
 __all__ = ["PSNR", "psnr"]
 
@@ -55,25 +54,15 @@ def psnr(
     return reduce(values, reduction)
 
 
-class PSNR(nn.Module):
-    """``nn.Module`` form of :func:`psnr`.
+class PSNR(ReferenceMetric):
+    """``nn.Module`` form of :func:`psnr`, called as ``m(pred, target)``.
 
     Args:
-        data_range: the peak value, 1.0 for images in [0, 1].
+        data_range: the peak value / dynamic range, 1.0 for images in [0, 1].
         reduction: ``"mean"`` or ``"none"``.
     """
 
-    def __init__(self, data_range: float = 1.0, reduction: str = "mean") -> None:
-        super().__init__()
-        self.data_range = data_range
-        self.reduction = reduction
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """PSNR of ``pred`` against ``target``; see :func:`psnr`."""
-        return psnr(pred, target, self.data_range, self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"data_range={self.data_range}, reduction={self.reduction!r}"
+    function = staticmethod(psnr)
 
 
 def _as_batches(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

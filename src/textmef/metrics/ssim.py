@@ -17,9 +17,8 @@ matters.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from textmef.metrics._common import gaussian_taps, gaussian_valid
+from textmef.metrics._common import ReferenceMetric, gaussian_taps, gaussian_valid
 
 __all__ = ["SSIM", "ssim"]
 
@@ -101,22 +100,12 @@ def ssim(
     return values.mean() if reduction == "mean" else values
 
 
-class SSIM(nn.Module):
-    """``nn.Module`` form of :func:`ssim`.
+class SSIM(ReferenceMetric):
+    """``nn.Module`` form of :func:`ssim`, called as ``m(pred, target)``.
 
     Args:
-        data_range: the dynamic range of the values, 1.0 for images in [0, 1].
+        data_range: the peak value / dynamic range, 1.0 for images in [0, 1].
         reduction: ``"mean"`` or ``"none"``.
     """
 
-    def __init__(self, data_range: float = 1.0, reduction: str = "mean") -> None:
-        super().__init__()
-        self.data_range = data_range
-        self.reduction = reduction
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """SSIM of ``pred`` against ``target``; see :func:`ssim`."""
-        return ssim(pred, target, self.data_range, self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"data_range={self.data_range}, reduction={self.reduction!r}"
+    function = staticmethod(ssim)
