@@ -17,12 +17,15 @@ from textmef.align import align_frames, estimate_motion, misalignment_px
 
 def scene(width: int, height: int) -> np.ndarray:
     rng = np.random.default_rng(0)
-    noise = cv2.resize(rng.random((height // 16, width // 16, 3)).astype(np.float32),
-                       (width, height), interpolation=cv2.INTER_CUBIC)
+    noise = cv2.resize(
+        rng.random((height // 16, width // 16, 3)).astype(np.float32),
+        (width, height),
+        interpolation=cv2.INTER_CUBIC,
+    )
     base = 0.3 + 0.4 * noise
     for _ in range(200):
         y, x = int(rng.integers(0, height - 60)), int(rng.integers(0, width - 60))
-        base[y: y + int(rng.integers(10, 60)), x: x + int(rng.integers(10, 60))] = rng.random(3)
+        base[y : y + int(rng.integers(10, 60)), x : x + int(rng.integers(10, 60))] = rng.random(3)
     return np.clip(base, 0, 1).astype(np.float32)
 
 
@@ -39,8 +42,9 @@ def main() -> None:
         base = scene(w, h)
         true = cv2.getRotationMatrix2D((w / 2, h / 2), 1.2, 1.0)
         true[:, 2] += (7.3, -4.6)
-        moved = cv2.warpAffine(base, true, (w, h), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REFLECT)
+        moved = cv2.warpAffine(
+            base, true, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
+        )
         under, over = base * 0.35, np.clip(moved * 2.2, 0, 1)
         start = time.perf_counter()
         align_frames([under, over])

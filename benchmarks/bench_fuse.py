@@ -50,8 +50,14 @@ def network_flops(height: int, width: int, tile: int, overlap: int) -> float:
     with counter, torch.no_grad():
         model(x, x)
     per_pixel = counter.get_total_flops() / (128 * 128)
-    pixels = sum((r.stop - r.start) * (c.stop - c.start)
-                 for r, c in tile_grid(height, width, tile, overlap)) if tile else height * width
+    pixels = (
+        sum(
+            (r.stop - r.start) * (c.stop - c.start)
+            for r, c in tile_grid(height, width, tile, overlap)
+        )
+        if tile
+        else height * width
+    )
     return per_pixel * pixels
 
 
@@ -86,12 +92,16 @@ def case_fuse(height: int, width: int, tile: int, overlap: int) -> dict:
     t = time.perf_counter()
     mertens.process([u8, o8])
     mertens_s = time.perf_counter() - t
-    return {"size": f"{width}x{height}", "seconds": seconds, "peak_rss_gb": rss_gb,
-            "mertens_seconds": mertens_s, "threads": torch.get_num_threads()}
+    return {
+        "size": f"{width}x{height}",
+        "seconds": seconds,
+        "peak_rss_gb": rss_gb,
+        "mertens_seconds": mertens_s,
+        "threads": torch.get_num_threads(),
+    }
 
 
-def case_scan(length: int, d_inner: int = 128, d_state: int = 16, reference: bool = True
-              ) -> dict:
+def case_scan(length: int, d_inner: int = 128, d_state: int = 16, reference: bool = True) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -125,14 +135,16 @@ def case_scan(length: int, d_inner: int = 128, d_state: int = 16, reference: boo
 
 
 def run_sub(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="600x400,2048x1536")
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--overlap", type=int, default=32)
@@ -154,31 +166,42 @@ def main() -> None:
 
     peak = gemm_peak_gflops()
     print(f"machine: {torch.get_num_threads()} threads, measured GEMM peak {peak:.0f} GFLOP/s")
-    print("\n| pair | textmef C=64 (s) | GFLOP (conv+matmul) | achieved GFLOP/s | % of GEMM peak "
-          "| scan state updates (G) | peak RSS (GB) | OpenCV Mertens (s) |")
+    print(
+        "\n| pair | textmef C=64 (s) | GFLOP (conv+matmul) | achieved GFLOP/s | % of GEMM peak "
+        "| scan state updates (G) | peak RSS (GB) | OpenCV Mertens (s) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     results = {"gemm_peak_gflops": peak, "fuse": [], "scan": []}
     for size in args.sizes.split(","):
         w, h = map(int, size.split("x"))
-        r = run_sub(["--case", f"fuse:{size}", "--tile", str(args.tile),
-                     "--overlap", str(args.overlap)])
+        r = run_sub(
+            ["--case", f"fuse:{size}", "--tile", str(args.tile), "--overlap", str(args.overlap)]
+        )
         r["gflop"] = network_flops(h, w, args.tile, args.overlap) / 1e9
         r["achieved_gflops"] = r["gflop"] / r["seconds"]
         r["scan_gupdates"] = scan_flops(h, w) / 1e9
         results["fuse"].append(r)
-        print(f"| {size} | {r['seconds']:.2f} | {r['gflop']:.0f} | {r['achieved_gflops']:.0f} | "
-              f"{100 * r['achieved_gflops'] / peak:.0f}% | {r['scan_gupdates']:.1f} | "
-              f"{r['peak_rss_gb']:.2f} | {r['mertens_seconds']:.3f} |", flush=True)
+        print(
+            f"| {size} | {r['seconds']:.2f} | {r['gflop']:.0f} | {r['achieved_gflops']:.0f} | "
+            f"{100 * r['achieved_gflops'] / peak:.0f}% | {r['scan_gupdates']:.1f} | "
+            f"{r['peak_rss_gb']:.2f} | {r['mertens_seconds']:.3f} |",
+            flush=True,
+        )
     if not args.skip_scan:
-        print("\n| scan L (d_inner 128, N 16) | numba fwd (tok/s) | torch chunked fwd (tok/s) "
-              "| sequential reference (tok/s) | numba vs reference | numba fwd+bwd (tok/s) |")
+        print(
+            "\n| scan L (d_inner 128, N 16) | numba fwd (tok/s) | torch chunked fwd (tok/s) "
+            "| sequential reference (tok/s) | numba vs reference | numba fwd+bwd (tok/s) |"
+        )
         print("|---|---|---|---|---|---|")
         for length in (50_000, 240_000):
             r = run_sub(["--case", f"scan:{length}"])
             results["scan"].append(r)
-            print(f"| {length:,} | {r['numba_tok_s']:,.0f} | {r['torch_tok_s']:,.0f} | "
-                  f"{r['reference_tok_s']:,.0f} | {r['numba_tok_s'] / r['reference_tok_s']:.0f}x | "
-                  f"{r['numba_fwd_bwd_tok_s']:,.0f} |", flush=True)
+            print(
+                f"| {length:,} | {r['numba_tok_s']:,.0f} | {r['torch_tok_s']:,.0f} | "
+                f"{r['reference_tok_s']:,.0f} | {r['numba_tok_s'] / r['reference_tok_s']:.0f}x | "
+                f"{r['numba_fwd_bwd_tok_s']:,.0f} |",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

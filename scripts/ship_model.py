@@ -57,14 +57,21 @@ def evaluate(run_dir: Path, data: Path, weights: Path) -> dict:
             fused = fuse_tensors(model, as_tensor[0], as_tensor[1]).clamp(0, 1)
         seconds = time.perf_counter() - start
         baseline = torch.from_numpy(mertens([under, over])).permute(2, 0, 1)[None]
-        rows.append({"name": t.name, "size": f"{under.shape[1]}x{under.shape[0]}",
-                     "psnr": float(psnr(fused, as_tensor[2])),
-                     "ssim": float(ssim(fused, as_tensor[2])),
-                     "mertens_psnr": float(psnr(baseline, as_tensor[2])),
-                     "mertens_ssim": float(ssim(baseline, as_tensor[2])),
-                     "seconds": seconds})
-    mean = {k: float(np.mean([r[k] for r in rows]))
-            for k in ("psnr", "ssim", "mertens_psnr", "mertens_ssim", "seconds")}
+        rows.append(
+            {
+                "name": t.name,
+                "size": f"{under.shape[1]}x{under.shape[0]}",
+                "psnr": float(psnr(fused, as_tensor[2])),
+                "ssim": float(ssim(fused, as_tensor[2])),
+                "mertens_psnr": float(psnr(baseline, as_tensor[2])),
+                "mertens_ssim": float(ssim(baseline, as_tensor[2])),
+                "seconds": seconds,
+            }
+        )
+    mean = {
+        k: float(np.mean([r[k] for r in rows]))
+        for k in ("psnr", "ssim", "mertens_psnr", "mertens_ssim", "seconds")
+    }
     return {"rows": rows, "mean": mean}
 
 
@@ -108,8 +115,12 @@ def model_card(run_dir: Path, data: Path, evaluation: dict, command: str) -> str
         f"MultiStep decay ×{config['optim']['gamma']} at {config['optim']['milestones']} "
         "of the steps",
         f"- loss: MSE + λ·L_clip with λ = {summary['clip_weight_used']} "
-        + ("(the paper's λ = 0 variant: CLIP weights cannot be downloaded on the machine that "
-           "trained it)" if summary["clip_weight_used"] == 0 else ""),
+        + (
+            "(the paper's λ = 0 variant: CLIP weights cannot be downloaded on the machine that "
+            "trained it)"
+            if summary["clip_weight_used"] == 0
+            else ""
+        ),
         f"- wall time: {summary['wall_seconds'] / 60:.1f} min on {platform.processor() or 'CPU'}"
         f" ({torch.get_num_threads()} threads), no GPU",
         f"- checkpoint: best validation PSNR during training (step {summary['best']['step']})",
@@ -129,8 +140,10 @@ def model_card(run_dir: Path, data: Path, evaluation: dict, command: str) -> str
         "|---|---|---|---|---|---|",
     ]
     for r in evaluation["rows"]:
-        lines.append(f"| {r['name']} | {r['size']} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
-                     f"{r['mertens_psnr']:.2f} | {r['mertens_ssim']:.4f} |")
+        lines.append(
+            f"| {r['name']} | {r['size']} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
+            f"{r['mertens_psnr']:.2f} | {r['mertens_ssim']:.4f} |"
+        )
     lines += [
         "",
         f"The network beats two-frame Mertens on {wins} of {len(evaluation['rows'])} "
@@ -159,8 +172,9 @@ def model_card(run_dir: Path, data: Path, evaluation: dict, command: str) -> str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--stacks", type=Path, default=REPO.parent / "shared/data/brackets")
     parser.add_argument("--data", type=Path, default=REPO.parent / "data/pairs-v1")
     parser.add_argument("--config", type=Path, default=REPO / "configs/shipped.yaml")
@@ -172,8 +186,19 @@ def main() -> None:
     summary = args.run / "summary.json"
     if not summary.exists():
         resume = ["--resume"] if (args.run / "state.pt").exists() else []
-        run([*textmef, "train", "--config", str(args.config), "--data.root", str(args.data),
-             "--run.out", str(args.run), *resume])
+        run(
+            [
+                *textmef,
+                "train",
+                "--config",
+                str(args.config),
+                "--data.root",
+                str(args.data),
+                "--run.out",
+                str(args.run),
+                *resume,
+            ]
+        )
     best = args.run / "best.safetensors"
     evaluation = evaluate(args.run, args.data, best)
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,8 @@ FUNCTIONS = {"mean": mean_fusion, "mertens": mertens_fusion, "enfuse": enfuse_fu
 REPEAT_ATOL = {"mean": 0.0, "mertens": 0.0, "enfuse": 1.5 / 65535}
 
 needs_enfuse = pytest.mark.skipif(
-    not enfuse_available(), reason="enfuse binary not installed (Debian package enfuse / "
-    "enblend-enfuse)"
+    not enfuse_available(),
+    reason="enfuse binary not installed (Debian package enfuse / enblend-enfuse)",
 )
 
 
@@ -71,8 +71,9 @@ def test_single_image_in_gives_single_image_out(name):
     under, over = pair_batch(1)
     fused = FUNCTIONS[name](under[0], over[0])
     assert fused.shape == under.shape[1:]
-    torch.testing.assert_close(fused, FUNCTIONS[name](under, over)[0],
-                               rtol=0, atol=REPEAT_ATOL[name])
+    torch.testing.assert_close(
+        fused, FUNCTIONS[name](under, over)[0], rtol=0, atol=REPEAT_ATOL[name]
+    )
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -88,8 +89,9 @@ def test_module_equals_function(name):
     under, over = pair_batch(2)
     module = BASELINES[name]()
     assert isinstance(module, torch.nn.Module) and not list(module.parameters())
-    torch.testing.assert_close(module(under, over), FUNCTIONS[name](under, over),
-                               rtol=0, atol=REPEAT_ATOL[name])
+    torch.testing.assert_close(
+        module(under, over), FUNCTIONS[name](under, over), rtol=0, atol=REPEAT_ATOL[name]
+    )
 
 
 def test_registry_names_the_module_classes():
@@ -192,8 +194,10 @@ def test_mertens_uses_the_papers_weights_and_make_pairs_keeps_opencvs_defaults()
 
     rng = np.random.default_rng(5)
     # 8-bit levels, so that the uint8 path below sees exactly the same values.
-    frames = [(np.rint(np.clip(rng.random((40, 48, 3)) * s, 0, 1) * 255) / 255)
-              .astype(np.float32) for s in (0.4, 1.6)]
+    frames = [
+        (np.rint(np.clip(rng.random((40, 48, 3)) * s, 0, 1) * 255) / 255).astype(np.float32)
+        for s in (0.4, 1.6)
+    ]
     as_uint8 = [np.rint(f[..., ::-1] * 255).astype(np.uint8) for f in frames]
 
     def opencv(*weights):

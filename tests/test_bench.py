@@ -31,9 +31,10 @@ def scene(seed: int, size=SIZE) -> np.ndarray:
     rng = np.random.default_rng(seed)
     i, j = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
     phase = rng.random(3) * 6
-    base = np.stack([0.5 + 0.4 * np.sin(6 * i + phase[c]) * np.cos(5 * j + phase[c])
-                     for c in range(3)], axis=-1)
-    base[h // 3: h // 2, w // 4: w // 2] = rng.random(3)
+    base = np.stack(
+        [0.5 + 0.4 * np.sin(6 * i + phase[c]) * np.cos(5 * j + phase[c]) for c in range(3)], axis=-1
+    )
+    base[h // 3 : h // 2, w // 4 : w // 2] = rng.random(3)
     return np.clip(base, 0, 1).astype(np.float32)
 
 
@@ -75,8 +76,20 @@ def test_bench_writes_scores_summary_plots_grids_and_page(bench_run):
     rows = _csv(out / "scores.csv")
     assert len(rows) == 9
     assert {r["method"] for r in rows} == {"textmef", "mertens", "mean"}
-    for column in ("s/image", "PSNR", "SSIM", "TMQI", "MEF-SSIM", "QABF", "PSNR_MEFB",
-                   "EN", "SD", "SF", "AG", "EI"):
+    for column in (
+        "s/image",
+        "PSNR",
+        "SSIM",
+        "TMQI",
+        "MEF-SSIM",
+        "QABF",
+        "PSNR_MEFB",
+        "EN",
+        "SD",
+        "SF",
+        "AG",
+        "EI",
+    ):
         assert all(math.isfinite(float(r[column])) for r in rows), column
     summary = (out / "summary.md").read_text()
     assert "| method |" in summary and "**" in summary
@@ -95,9 +108,15 @@ def test_bench_writes_scores_summary_plots_grids_and_page(bench_run):
 def test_bench_scores_equal_metrics_computed_directly(bench_run, dataset):
     config, result = bench_run
     row = next(r for r in result.rows if r["method"] == "mertens" and r["scene"] == "scene1")
-    load = [io.to_tensor(io.read_image(p).pixels) for p in (
-        dataset / "under/scene1.png", dataset / "over/scene1.png",
-        config.out / "fused/mertens/scene1.png", dataset / "gt/scene1.png")]
+    load = [
+        io.to_tensor(io.read_image(p).pixels)
+        for p in (
+            dataset / "under/scene1.png",
+            dataset / "over/scene1.png",
+            config.out / "fused/mertens/scene1.png",
+            dataset / "gt/scene1.png",
+        )
+    ]
     direct = score_image(*load)
     for name, value in direct.items():
         assert row[name] == pytest.approx(value, rel=1e-12), name
@@ -125,14 +144,16 @@ def test_bench_rerun_reuses_fused_images_and_scores(bench_run, monkeypatch):
     lines = []
     again = run_bench(config, log=lines.append)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    assert [(r["scene"], r["method"], r["PSNR"]) for r in again.rows] == \
-        [(r["scene"], r["method"], r["PSNR"]) for r in first.rows]
+    assert [(r["scene"], r["method"], r["PSNR"]) for r in again.rows] == [
+        (r["scene"], r["method"], r["PSNR"]) for r in first.rows
+    ]
     assert any("reusing 3 fused image(s)" in line for line in lines)
 
 
 def test_bench_fuses_only_what_is_missing_after_an_interruption(dataset, tmp_path):
-    config = BenchConfig(data=dataset, out=tmp_path / "r", methods=("mean",),
-                         metrics=("PSNR", "EN"))
+    config = BenchConfig(
+        data=dataset, out=tmp_path / "r", methods=("mean",), metrics=("PSNR", "EN")
+    )
     run_bench(config, log=lambda line: None)
     victim = tmp_path / "r/fused/mean/scene1.png"
     kept = tmp_path / "r/fused/mean/scene0.png"
@@ -157,8 +178,9 @@ def test_bench_refuses_outputs_from_another_setup(dataset, tmp_path):
 def test_bench_skips_a_method_that_cannot_run_and_says_why(dataset, tmp_path, monkeypatch):
     monkeypatch.setattr("textmef.baselines.enfuse.enfuse_available", lambda *a, **k: False)
     lines = []
-    config = BenchConfig(data=dataset, out=tmp_path / "r", methods=("enfuse", "mean"),
-                         metrics=("EN",))
+    config = BenchConfig(
+        data=dataset, out=tmp_path / "r", methods=("enfuse", "mean"), metrics=("EN",)
+    )
     result = run_bench(config, log=lines.append)
     assert "enfuse" in result.skipped and "not installed" in result.skipped["enfuse"]
     assert any(line.startswith("skipping enfuse") for line in lines)
@@ -170,19 +192,20 @@ def test_bench_refuses_unknown_methods_and_metrics(dataset, tmp_path):
     with pytest.raises(InputError, match="unknown method"):
         run_bench(BenchConfig(data=dataset, out=tmp_path / "a", methods=("magic",)))
     with pytest.raises(InputError, match="unknown metric"):
-        run_bench(BenchConfig(data=dataset, out=tmp_path / "b", methods=("mean",),
-                              metrics=("NOPE",)))
+        run_bench(
+            BenchConfig(data=dataset, out=tmp_path / "b", methods=("mean",), metrics=("NOPE",))
+        )
 
 
 def test_bench_without_references_reports_no_reference_metrics(tmp_path):
     data = make_dataset(tmp_path / "pairs", count=2, with_gt=False)
-    result = run_bench(BenchConfig(data=data, out=tmp_path / "r", methods=("mean",)),
-                       log=lambda line: None)
+    result = run_bench(
+        BenchConfig(data=data, out=tmp_path / "r", methods=("mean",)), log=lambda line: None
+    )
     assert "PSNR" not in result.columns and "TMQI" not in result.columns
     assert "MEF-SSIM" in result.columns and "QABF" in result.columns
     with pytest.raises(InputError, match="need reference"):
-        run_bench(BenchConfig(data=data, out=tmp_path / "r2", methods=("mean",),
-                              metrics=("PSNR",)))
+        run_bench(BenchConfig(data=data, out=tmp_path / "r2", methods=("mean",), metrics=("PSNR",)))
 
 
 def test_bench_val_split_is_the_training_split(tmp_path):
@@ -190,8 +213,9 @@ def test_bench_val_split_is_the_training_split(tmp_path):
     config = BenchConfig(data=data, out=tmp_path / "r", split="val", val_fraction=0.3)
     _, val = split_by_sequence(find_triplets(data), 0.3)
     assert [s.name for s in select_scenes(config)] == [t.name for t in val]
-    train = select_scenes(BenchConfig(data=data, out=tmp_path / "r", split="train",
-                                      val_fraction=0.3))
+    train = select_scenes(
+        BenchConfig(data=data, out=tmp_path / "r", split="train", val_fraction=0.3)
+    )
     assert {s.name for s in train}.isdisjoint(t.name for t in val)
     assert len(select_scenes(BenchConfig(data=data, out=tmp_path, limit=2))) == 2
 
@@ -200,8 +224,9 @@ def test_bench_names_the_file_whose_size_differs(tmp_path):
     data = make_dataset(tmp_path / "d", count=1)
     io.write_image(data / "over/scene0.png", scene(0, (170, 176)), 8)
     with pytest.raises(InputError, match=r"over.*scene0.png|scene0.*over"):
-        run_bench(BenchConfig(data=data, out=tmp_path / "r", methods=("mean",)),
-                  log=lambda line: None)
+        run_bench(
+            BenchConfig(data=data, out=tmp_path / "r", methods=("mean",)), log=lambda line: None
+        )
 
 
 def test_methods_take_frames_darkest_first_and_return_one_image(dataset):
@@ -233,8 +258,10 @@ def test_unavailable_reason_for_unknown_method():
 
 
 def test_best_value_per_column_is_bold_and_time_counts_lower_as_better():
-    summary = {"a": {"PSNR": (20.0, 1.0, 3), "s/image": (2.0, 0.1, 3)},
-               "b": {"PSNR": (25.0, 2.0, 3), "s/image": (5.0, 0.2, 3)}}
+    summary = {
+        "a": {"PSNR": (20.0, 1.0, 3), "s/image": (2.0, 0.1, 3)},
+        "b": {"PSNR": (25.0, 2.0, 3), "s/image": (5.0, 0.2, 3)},
+    }
     table = report.summary_markdown(summary, ["PSNR", "s/image"])
     lines = table.splitlines()
     assert lines[0] == "| method | PSNR ↑ | s/image ↓ |"
@@ -258,28 +285,30 @@ def test_mean_std_ignores_missing_values():
 
 def test_eval_scores_every_fused_image_and_writes_csv_and_summary(bench_run, dataset, tmp_path):
     config, bench = bench_run
-    result = run_eval(config.out / "fused/mertens", dataset / "under", dataset / "over",
-                      tmp_path / "eval", gt_dir=dataset / "gt")
+    result = run_eval(
+        config.out / "fused/mertens",
+        dataset / "under",
+        dataset / "over",
+        tmp_path / "eval",
+        gt_dir=dataset / "gt",
+    )
     rows = _csv(tmp_path / "eval/eval.csv")
     assert [r["scene"] for r in rows] == ["scene0", "scene1", "scene2"]
     bench_rows = {r["scene"]: r for r in bench.rows if r["method"] == "mertens"}
     for row in rows:
         for metric in ("PSNR", "TMQI", "QABF", "MEF-SSIM", "EN"):
-            assert float(row[metric]) == pytest.approx(bench_rows[row["scene"]][metric],
-                                                       rel=1e-12)
+            assert float(row[metric]) == pytest.approx(bench_rows[row["scene"]][metric], rel=1e-12)
     summary = (tmp_path / "eval/summary.md").read_text()
     assert "mertens" in summary and "±" in summary
     assert result.summary["mertens"]["PSNR"][2] == 3
 
 
-def test_eval_accepts_mefb_style_names_and_skips_reference_metrics_without_gt(dataset,
-                                                                             tmp_path):
+def test_eval_accepts_mefb_style_names_and_skips_reference_metrics_without_gt(dataset, tmp_path):
     fused = tmp_path / "fused"
     fused.mkdir()
     for k in range(2):
         io.write_image(fused / f"scene{k}_mean.png", scene(k) * 0.7, 8)
-    result = run_eval(fused, dataset / "under", dataset / "over", tmp_path / "e",
-                      label="mine")
+    result = run_eval(fused, dataset / "under", dataset / "over", tmp_path / "e", label="mine")
     assert [r["scene"] for r in result.rows] == ["scene0", "scene1"]
     assert "PSNR" not in result.columns and "QABF" in result.columns
     assert "1 source pair(s) without a fused image" in (tmp_path / "e/summary.md").read_text()
@@ -306,14 +335,39 @@ def test_eval_errors_name_the_folder(dataset, tmp_path):
 
 
 def test_cli_bench_and_eval_print_the_summary_table(dataset, tmp_path, capsys):
-    rc = main(["bench", str(dataset), "-o", str(tmp_path / "r"), "--methods", "mean,mertens",
-               "--metrics", "PSNR,QABF", "--threads", "1"])
+    rc = main(
+        [
+            "bench",
+            str(dataset),
+            "-o",
+            str(tmp_path / "r"),
+            "--methods",
+            "mean,mertens",
+            "--metrics",
+            "PSNR,QABF",
+            "--threads",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "| method | s/image ↓ | PSNR ↑ | QABF ↑ |" in out
     assert (tmp_path / "r/index.html").is_file()
-    rc = main(["eval", str(tmp_path / "r/fused/mean"), "--under", str(dataset / "under"),
-               "--over", str(dataset / "over"), "--gt", str(dataset / "gt"),
-               "-o", str(tmp_path / "e"), "--metrics", "SSIM,EN"])
+    rc = main(
+        [
+            "eval",
+            str(tmp_path / "r/fused/mean"),
+            "--under",
+            str(dataset / "under"),
+            "--over",
+            str(dataset / "over"),
+            "--gt",
+            str(dataset / "gt"),
+            "-o",
+            str(tmp_path / "e"),
+            "--metrics",
+            "SSIM,EN",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "| method | SSIM ↑ | EN ↑ |" in out and "| mean |" in out
 

@@ -30,8 +30,9 @@ def write_pair(folder, stem, size=(24, 32), bit_depth=8, suffix=".png"):
     return under, over
 
 
-@pytest.mark.parametrize(("bit_depth", "suffix"), [(8, ".png"), (16, ".png"), (16, ".tif"),
-                                                   (8, ".jpg")])
+@pytest.mark.parametrize(
+    ("bit_depth", "suffix"), [(8, ".png"), (16, ".png"), (16, ".tif"), (8, ".jpg")]
+)
 def test_fuse_pair_keeps_the_bit_depth(tmp_path, weights, bit_depth, suffix):
     under, over = write_pair(tmp_path, "a", bit_depth=bit_depth, suffix=suffix)
     out = tmp_path / f"fused{suffix}"
@@ -44,8 +45,26 @@ def test_fuse_pair_keeps_the_bit_depth(tmp_path, weights, bit_depth, suffix):
 def test_tiled_cli_run_on_an_image_larger_than_a_tile(tmp_path, weights):
     under, over = write_pair(tmp_path, "big", size=(50, 90))
     out = tmp_path / "big.png"
-    assert main(["fuse", str(under), str(over), "-o", str(out), "--weights", str(weights),
-                 "--tile", "32", "--overlap", "8", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "fuse",
+                str(under),
+                str(over),
+                "-o",
+                str(out),
+                "--weights",
+                str(weights),
+                "--tile",
+                "32",
+                "--overlap",
+                "8",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert io.read_image(out).pixels.shape == (50, 90, 3)
 
 
@@ -53,9 +72,19 @@ def test_folder_mode_matches_stems_and_resumes(tmp_path, weights, capsys):
     for stem in ("s1", "s2", "s3"):
         write_pair(tmp_path / "data", stem)
     (tmp_path / "data" / "u" / "lonely.png").write_bytes(
-        (tmp_path / "data" / "u" / "s1.png").read_bytes())
-    args = ["fuse", "--under", str(tmp_path / "data" / "u"), "--over",
-            str(tmp_path / "data" / "o"), "-o", str(tmp_path / "out"), "--weights", str(weights)]
+        (tmp_path / "data" / "u" / "s1.png").read_bytes()
+    )
+    args = [
+        "fuse",
+        "--under",
+        str(tmp_path / "data" / "u"),
+        "--over",
+        str(tmp_path / "data" / "o"),
+        "-o",
+        str(tmp_path / "out"),
+        "--weights",
+        str(weights),
+    ]
     assert main(args) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s1.png", "s2.png", "s3.png"]
     (tmp_path / "out" / "s2.png").unlink()
@@ -70,8 +99,19 @@ def test_folder_mode_reports_a_bad_pair_and_fuses_the_rest(tmp_path, weights, ca
     write_pair(tmp_path / "d", "good")
     write_pair(tmp_path / "d", "bad")
     (tmp_path / "d" / "o" / "bad.png").write_bytes(b"garbage")
-    code = main(["fuse", "--under", str(tmp_path / "d" / "u"), "--over", str(tmp_path / "d" / "o"),
-                 "-o", str(tmp_path / "out"), "--weights", str(weights)])
+    code = main(
+        [
+            "fuse",
+            "--under",
+            str(tmp_path / "d" / "u"),
+            "--over",
+            str(tmp_path / "d" / "o"),
+            "-o",
+            str(tmp_path / "out"),
+            "--weights",
+            str(weights),
+        ]
+    )
     assert code == 1
     assert "bad.png" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["good.png"]
@@ -89,41 +129,51 @@ def test_mismatched_sizes_are_one_line_errors_with_no_output(tmp_path, weights, 
     under, _ = write_pair(tmp_path, "a", size=(24, 32))
     _, over = write_pair(tmp_path / "other", "a", size=(24, 33))
     out = tmp_path / "out.png"
-    err = run_cli_error(capsys, ["fuse", str(under), str(over), "-o", str(out),
-                                 "--weights", str(weights)])
+    err = run_cli_error(
+        capsys, ["fuse", str(under), str(over), "-o", str(out), "--weights", str(weights)]
+    )
     assert "a.png" in err and "32x24" in err
     assert not out.exists()
 
 
-@pytest.mark.parametrize(("make", "keyword"), [
-    (lambda p: p.write_bytes(b"this is text"), "not"),
-    (lambda p: None, "no such file"),
-    (lambda p: p.write_bytes(b""), "empty"),
-])
+@pytest.mark.parametrize(
+    ("make", "keyword"),
+    [
+        (lambda p: p.write_bytes(b"this is text"), "not"),
+        (lambda p: None, "no such file"),
+        (lambda p: p.write_bytes(b""), "empty"),
+    ],
+)
 def test_unreadable_inputs_are_one_line_errors(tmp_path, weights, capsys, make, keyword):
     under, _ = write_pair(tmp_path, "a")
     bad = tmp_path / "bad.png"
     make(bad)
     out = tmp_path / "out.png"
-    err = run_cli_error(capsys, ["fuse", str(under), str(bad), "-o", str(out),
-                                 "--weights", str(weights)])
+    err = run_cli_error(
+        capsys, ["fuse", str(under), str(bad), "-o", str(out), "--weights", str(weights)]
+    )
     assert "bad.png" in err and keyword in err.lower()
     assert not out.exists()
 
 
-@pytest.mark.parametrize(("pixels", "keyword"), [
-    (np.zeros((20, 20), np.uint8), "grayscale"),
-    (np.zeros((20, 20, 4), np.uint8), "alpha"),
-    (np.zeros((1, 1, 3), np.uint8), "1x1"),
-])
+@pytest.mark.parametrize(
+    ("pixels", "keyword"),
+    [
+        (np.zeros((20, 20), np.uint8), "grayscale"),
+        (np.zeros((20, 20, 4), np.uint8), "alpha"),
+        (np.zeros((1, 1, 3), np.uint8), "1x1"),
+    ],
+)
 def test_grayscale_alpha_and_tiny_images_are_rejected(tmp_path, weights, capsys, pixels, keyword):
     import cv2
 
     under, _ = write_pair(tmp_path, "a")
     bad = tmp_path / "odd.png"
     cv2.imwrite(str(bad), pixels)
-    err = run_cli_error(capsys, ["fuse", str(under), str(bad), "-o", str(tmp_path / "o.png"),
-                                 "--weights", str(weights)])
+    err = run_cli_error(
+        capsys,
+        ["fuse", str(under), str(bad), "-o", str(tmp_path / "o.png"), "--weights", str(weights)],
+    )
     assert "odd.png" in err and keyword in err.lower()
 
 
@@ -131,15 +181,27 @@ def test_truncated_png_is_rejected(tmp_path, weights, capsys):
     under, over = write_pair(tmp_path, "a", size=(40, 40))
     data = over.read_bytes()
     over.write_bytes(data[: len(data) // 2])
-    err = run_cli_error(capsys, ["fuse", str(under), str(over), "-o", str(tmp_path / "o.png"),
-                                 "--weights", str(weights)])
+    err = run_cli_error(
+        capsys,
+        ["fuse", str(under), str(over), "-o", str(tmp_path / "o.png"), "--weights", str(weights)],
+    )
     assert "a.png" in err
 
 
 def test_missing_weights_and_no_packaged_checkpoint_are_explained(tmp_path, capsys):
     under, over = write_pair(tmp_path, "a")
-    err = run_cli_error(capsys, ["fuse", str(under), str(over), "-o", str(tmp_path / "o.png"),
-                                 "--weights", str(tmp_path / "nope.safetensors")])
+    err = run_cli_error(
+        capsys,
+        [
+            "fuse",
+            str(under),
+            str(over),
+            "-o",
+            str(tmp_path / "o.png"),
+            "--weights",
+            str(tmp_path / "nope.safetensors"),
+        ],
+    )
     assert "nope.safetensors" in err and "no such weights file" in err
 
 
@@ -149,9 +211,24 @@ def test_info_prints_the_c64_parameter_count(capsys):
 
 
 def test_console_script_runs_as_a_subprocess(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "textmef.cli", "fuse", "x.png", "y.png", "-o",
-                             str(tmp_path / "o.png"), "--weights", str(tmp_path / "w.safetensors")],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "textmef.cli",
+            "fuse",
+            "x.png",
+            "y.png",
+            "-o",
+            str(tmp_path / "o.png"),
+            "--weights",
+            str(tmp_path / "w.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "textmef: error:" in result.stderr
@@ -168,18 +245,41 @@ def clip_file(tiny_clip, tmp_path):
 
 
 def train_prompt_args(folders, out, clip_file, *extra):
-    return ["train-prompt", "--under", str(folders["under"][0].parent),
-            "--over", str(folders["over"][0].parent), "--well", str(folders["well"][0].parent),
-            "-o", str(out), "--clip", str(clip_file), *extra]
+    return [
+        "train-prompt",
+        "--under",
+        str(folders["under"][0].parent),
+        "--over",
+        str(folders["over"][0].parent),
+        "--well",
+        str(folders["well"][0].parent),
+        "-o",
+        str(out),
+        "--clip",
+        str(clip_file),
+        *extra,
+    ]
 
 
 def test_train_prompt_writes_prompts_that_belong_to_the_given_clip(
-        exposure_folders, clip_file, tiny_clip, tmp_path, capsys):
+    exposure_folders, clip_file, tiny_clip, tmp_path, capsys
+):
     from textmef.clip.prompts import load_prompts
 
     out = tmp_path / "prompts.safetensors"
-    args = train_prompt_args(exposure_folders, out, clip_file, "--epochs", "3", "--lr", "1e-3",
-                             "--batch-size", "8", "--holdout", "0.25")
+    args = train_prompt_args(
+        exposure_folders,
+        out,
+        clip_file,
+        "--epochs",
+        "3",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "8",
+        "--holdout",
+        "0.25",
+    )
     assert main(args) == 0
     printed = capsys.readouterr()
     assert "epoch 3/3" in printed.out + printed.err
@@ -191,23 +291,45 @@ def test_train_prompt_writes_prompts_that_belong_to_the_given_clip(
     # Same command again: the run folder is kept unless --resume is said.
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err
-    assert main([*args[:-8], "--epochs", "4", "--lr", "1e-3", "--batch-size", "8",
-                 "--holdout", "0.25", "--resume"]) == 0
+    assert (
+        main(
+            [
+                *args[:-8],
+                "--epochs",
+                "4",
+                "--lr",
+                "1e-3",
+                "--batch-size",
+                "8",
+                "--holdout",
+                "0.25",
+                "--resume",
+            ]
+        )
+        == 0
+    )
     assert load_prompts(out).info["epochs_run"] == 4
 
 
 def test_train_prompt_defaults_are_the_papers_recipe():
     from textmef.cli import build_parser
 
-    args = build_parser().parse_args(["train-prompt", "--under", "u", "--over", "o", "--well",
-                                      "w", "-o", "p.safetensors"])
+    args = build_parser().parse_args(
+        ["train-prompt", "--under", "u", "--over", "o", "--well", "w", "-o", "p.safetensors"]
+    )
     assert (args.lr, args.weight_decay, args.batch_size, args.epochs, args.length) == (
-        5e-5, 1e-3, 16, 180, 16)
+        5e-5,
+        1e-3,
+        16,
+        180,
+        16,
+    )
     assert args.mode == "learned" and not args.no_augment
 
 
 def test_train_prompt_without_clip_weights_says_how_to_get_them(
-        exposure_folders, tmp_path, capsys, monkeypatch):
+    exposure_folders, tmp_path, capsys, monkeypatch
+):
     monkeypatch.delenv("TEXTMEF_CLIP", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     args = train_prompt_args(exposure_folders, tmp_path / "p.safetensors", "x")[:-2]
@@ -226,8 +348,7 @@ def test_train_prompt_with_a_broken_clip_file_names_it(exposure_folders, tmp_pat
     assert not (tmp_path / "p.safetensors").exists()
 
 
-def test_train_prompt_with_a_missing_folder_names_it(exposure_folders, clip_file, tmp_path,
-                                                     capsys):
+def test_train_prompt_with_a_missing_folder_names_it(exposure_folders, clip_file, tmp_path, capsys):
     args = train_prompt_args(exposure_folders, tmp_path / "p.safetensors", clip_file)
     args[args.index("--well") + 1] = str(tmp_path / "nowhere")
     assert main(args) == 2

@@ -75,7 +75,7 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
     tokens = torch.zeros(3, TINY.text.context_length, dtype=torch.long)
     for row, length in enumerate((5, 12, 30)):
         tokens[row, 0] = SOT
-        tokens[row, 1:length - 1] = torch.randint(1, SOT, (length - 2,), generator=gen)
+        tokens[row, 1 : length - 1] = torch.randint(1, SOT, (length - 2,), generator=gen)
         tokens[row, length - 1] = EOT
     return images, tokens
 
@@ -122,8 +122,9 @@ def save_torchscript(model: CLIP, path: Path, dtype: torch.dtype = torch.float32
         # for an archive that is only read for its weights.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace_module(_OpenAIArchive(clip), {"encode_image": (pixels,),
-                                                               "encode_text": (tokens,)})
+        traced = torch.jit.trace_module(
+            _OpenAIArchive(clip), {"encode_image": (pixels,), "encode_text": (tokens,)}
+        )
         torch.jit.save(traced, str(path))
     return path
 
@@ -161,15 +162,26 @@ def files(tiny, tmp_path_factory) -> dict[str, Path]:
     save_torchscript(tiny, paths["torchscript"])
     save_torchscript(tiny, paths["torchscript-fp16"], torch.float16)
     torch.save(state, paths["state-dict"])
-    torch.save({"epoch": 32, "name": "tiny", "optimizer": {"state": {}, "param_groups": []},
-                "state_dict": {f"module.{k}": v for k, v in state.items()}},
-               paths["open_clip-bin"])
+    torch.save(
+        {
+            "epoch": 32,
+            "name": "tiny",
+            "optimizer": {"state": {}, "param_groups": []},
+            "state_dict": {f"module.{k}": v for k, v in state.items()},
+        },
+        paths["open_clip-bin"],
+    )
     save_file(state, str(paths["open_clip-safetensors"]))
     hf = to_hf_state_dict(state)
     save_file(hf, str(paths["hf-safetensors"]), metadata={"format": "pt"})
     # Older transformers saved position_ids as persistent buffers; the loader drops them.
-    hf_bin = dict(hf, **{f"{t}_model.embeddings.position_ids": torch.arange(n)[None]
-                         for t, n in (("text", 77), ("vision", 50))})
+    hf_bin = dict(
+        hf,
+        **{
+            f"{t}_model.embeddings.position_ids": torch.arange(n)[None]
+            for t, n in (("text", 77), ("vision", 50))
+        },
+    )
     torch.save(hf_bin, paths["hf-bin"])
     return paths
 
@@ -206,8 +218,11 @@ def test_fp16_archive_is_converted_to_float32(tiny, inputs, files):
 
 
 def test_format_is_detected_from_content_not_suffix(tiny, inputs, files, tmp_path):
-    swaps = {"torchscript": "weights.bin", "hf-safetensors": "weights.pt",
-             "open_clip-bin": "weights.safetensors"}
+    swaps = {
+        "torchscript": "weights.bin",
+        "hf-safetensors": "weights.pt",
+        "open_clip-bin": "weights.safetensors",
+    }
     for name, new_name in swaps.items():
         path = tmp_path / new_name
         path.write_bytes(files[name].read_bytes())
@@ -227,11 +242,13 @@ def test_device_argument(files):
 
 # ---- config inference ---------------------------------------------------------------------
 def _small(vision_width: int, text_width: int, heads: int = 1) -> CLIPConfig:
-    return CLIPConfig(embed_dim=16,
-                      vision=VisionConfig(image_size=64, patch_size=16, width=vision_width,
-                                          layers=1, heads=heads),
-                      text=TextConfig(context_length=16, vocab_size=64, width=text_width,
-                                      layers=3, heads=heads))
+    return CLIPConfig(
+        embed_dim=16,
+        vision=VisionConfig(
+            image_size=64, patch_size=16, width=vision_width, layers=1, heads=heads
+        ),
+        text=TextConfig(context_length=16, vocab_size=64, width=text_width, layers=3, heads=heads),
+    )
 
 
 def test_infer_config_matches_presets_and_openai_rule(tiny):
@@ -241,12 +258,14 @@ def test_infer_config_matches_presets_and_openai_rule(tiny):
     # No preset: heads = width // 64, as in every released CLIP.
     config = infer_config(CLIP(_small(128, 64)).state_dict())
     assert (config.vision.heads, config.text.heads) == (2, 1)
-    assert config == CLIPConfig(embed_dim=16, vision=VisionConfig(64, 16, 128, 1, 2),
-                                text=TextConfig(16, 64, 64, 3, 1))
+    assert config == CLIPConfig(
+        embed_dim=16, vision=VisionConfig(64, 16, 128, 1, 2), text=TextConfig(16, 64, 64, 3, 1)
+    )
     with pytest.raises(ValueError, match="cannot infer the vision tower's heads"):
         infer_config(CLIP(_small(48, 64)).state_dict())
     assert infer_config(CLIP(_small(48, 64)).state_dict(), vision_heads=3) == CLIPConfig(
-        embed_dim=16, vision=VisionConfig(64, 16, 48, 1, 3), text=TextConfig(16, 64, 64, 3, 1))
+        embed_dim=16, vision=VisionConfig(64, 16, 48, 1, 3), text=TextConfig(16, 64, 64, 3, 1)
+    )
 
 
 def test_infer_config_rejects_malformed_states(tiny):
@@ -306,11 +325,14 @@ def _truncated(data: bytes) -> bytes:
 BAD_FILES = {
     "empty.safetensors": (lambda files, d: b"", "is empty"),
     "truncated.safetensors": (
-        lambda files, d: _truncated(files["hf-safetensors"].read_bytes()), "truncated"),
-    "truncated.pt": (lambda files, d: _truncated(files["state-dict"].read_bytes()),
-                     "truncated"),
-    "truncated_archive.pt": (lambda files, d: _truncated(files["torchscript"].read_bytes()),
-                             "truncated"),
+        lambda files, d: _truncated(files["hf-safetensors"].read_bytes()),
+        "truncated",
+    ),
+    "truncated.pt": (lambda files, d: _truncated(files["state-dict"].read_bytes()), "truncated"),
+    "truncated_archive.pt": (
+        lambda files, d: _truncated(files["torchscript"].read_bytes()),
+        "truncated",
+    ),
     "garbage.bin": (lambda files, d: b"definitely not weights" * 10, "not a CLIP weights"),
     "random.pt": (None, "holds no CLIP weights"),
     "random.safetensors": (None, "holds no CLIP weights"),
@@ -363,8 +385,11 @@ def test_missing_unexpected_and_mismatched_keys(tiny, tmp_path):
         load_clip(path)
     message = str(err.value)
     assert message.startswith(str(path))
-    for part in ("1 missing key(s): ln_final.bias", "1 unexpected key(s): visual.extra",
-                 "shape-mismatched key(s): transformer.resblocks.0.ln_1.weight (7,)"):
+    for part in (
+        "1 missing key(s): ln_final.bias",
+        "1 unexpected key(s): visual.extra",
+        "shape-mismatched key(s): transformer.resblocks.0.ln_1.weight (7,)",
+    ):
         assert part in message
 
 
@@ -470,21 +495,32 @@ def _hf_features(output) -> torch.Tensor:
 
 def test_hf_checkpoint_matches_transformers(inputs, tmp_path):
     transformers = pytest.importorskip(
-        "transformers", reason="transformers is not installed (pip install -e '.[test]')")
+        "transformers", reason="transformers is not installed (pip install -e '.[test]')"
+    )
     config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=TINY.text.vocab_size, hidden_size=TINY.text.width,
-                         intermediate_size=4 * TINY.text.width,
-                         num_hidden_layers=TINY.text.layers,
-                         num_attention_heads=TINY.text.heads,
-                         max_position_embeddings=TINY.text.context_length,
-                         hidden_act="quick_gelu", bos_token_id=SOT, eos_token_id=EOT,
-                         pad_token_id=0),
-        vision_config=dict(hidden_size=TINY.vision.width, intermediate_size=4 * TINY.vision.width,
-                           num_hidden_layers=TINY.vision.layers,
-                           num_attention_heads=TINY.vision.heads,
-                           image_size=TINY.vision.image_size, patch_size=TINY.vision.patch_size,
-                           hidden_act="quick_gelu"),
-        projection_dim=TINY.embed_dim)
+        text_config=dict(
+            vocab_size=TINY.text.vocab_size,
+            hidden_size=TINY.text.width,
+            intermediate_size=4 * TINY.text.width,
+            num_hidden_layers=TINY.text.layers,
+            num_attention_heads=TINY.text.heads,
+            max_position_embeddings=TINY.text.context_length,
+            hidden_act="quick_gelu",
+            bos_token_id=SOT,
+            eos_token_id=EOT,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=TINY.vision.width,
+            intermediate_size=4 * TINY.vision.width,
+            num_hidden_layers=TINY.vision.layers,
+            num_attention_heads=TINY.vision.heads,
+            image_size=TINY.vision.image_size,
+            patch_size=TINY.vision.patch_size,
+            hidden_act="quick_gelu",
+        ),
+        projection_dim=TINY.embed_dim,
+    )
     torch.manual_seed(3)
     hf = transformers.CLIPModel(config).eval()
     with torch.no_grad():
@@ -502,12 +538,18 @@ def test_hf_checkpoint_matches_transformers(inputs, tmp_path):
     images, tokens = inputs
     pixels = model.preprocess(images)
     with torch.no_grad():
-        torch.testing.assert_close(model.encode_image(pixels),
-                                   _hf_features(hf.get_image_features(pixel_values=pixels)),
-                                   atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(model.encode_text(tokens),
-                                   _hf_features(hf.get_text_features(input_ids=tokens)),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            model.encode_image(pixels),
+            _hf_features(hf.get_image_features(pixel_values=pixels)),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+        torch.testing.assert_close(
+            model.encode_text(tokens),
+            _hf_features(hf.get_text_features(input_ids=tokens)),
+            atol=1e-5,
+            rtol=1e-5,
+        )
         assert torch.equal(model.logit_scale, hf.logit_scale)
 
     # And the other way: our weights, renamed, drive transformers to the same features.
@@ -516,5 +558,9 @@ def test_hf_checkpoint_matches_transformers(inputs, tmp_path):
     assert not result.unexpected_keys
     assert all(k.endswith("position_ids") for k in result.missing_keys)
     with torch.no_grad():
-        torch.testing.assert_close(_hf_features(hf2.get_text_features(input_ids=tokens)),
-                                   model.encode_text(tokens), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            _hf_features(hf2.get_text_features(input_ids=tokens)),
+            model.encode_text(tokens),
+            atol=1e-5,
+            rtol=1e-5,
+        )

@@ -15,9 +15,16 @@ from textmef.losses import CLIPExposureLoss, clip_exposure_loss
 def learned(tiny_clip, exposure_folders, tmp_path_factory):
     root = tmp_path_factory.mktemp("loss")
     config = PromptTrainingConfig(lr=1e-3, epochs=15, batch_size=8, holdout=0.0)
-    result = train_prompts(tiny_clip, clip_fingerprint(tiny_clip), exposure_folders, config,
-                           root / "p.safetensors", root / "run", progress=False,
-                           report=lambda _: None)
+    result = train_prompts(
+        tiny_clip,
+        clip_fingerprint(tiny_clip),
+        exposure_folders,
+        config,
+        root / "p.safetensors",
+        root / "run",
+        progress=False,
+        report=lambda _: None,
+    )
     return load_prompts(result.output)
 
 
@@ -80,7 +87,8 @@ def test_loss_refuses_prompts_of_another_clip(tiny_clip, tmp_path):
 
     torch.manual_seed(7)
     other = build_clip("tiny")
-    path = save_prompts(tmp_path / "o.safetensors", init_prompts(other), other,
-                        clip_fingerprint(other))
+    path = save_prompts(
+        tmp_path / "o.safetensors", init_prompts(other), other, clip_fingerprint(other)
+    )
     with pytest.raises(CheckpointError, match="other CLIP weights"):
         CLIPExposureLoss.from_prompts(tiny_clip, load_prompts(path))

@@ -25,7 +25,7 @@ def _tokens(lengths: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     tokens = torch.zeros(len(lengths), TINY.text.context_length, dtype=torch.long)
     for row, length in enumerate(lengths):
         tokens[row, 0] = SOT
-        tokens[row, 1:length - 1] = torch.randint(1, SOT, (length - 2,), generator=gen)
+        tokens[row, 1 : length - 1] = torch.randint(1, SOT, (length - 2,), generator=gen)
         tokens[row, length - 1] = EOT
     return tokens
 
@@ -52,8 +52,9 @@ def test_text_tower_is_causal(tiny):
     edited = tokens.clone()
     edited[:, 40] = 1234  # after every row's end token
     with torch.no_grad():
-        torch.testing.assert_close(tiny.encode_text(edited), tiny.encode_text(tokens),
-                                   atol=0, rtol=0)
+        torch.testing.assert_close(
+            tiny.encode_text(edited), tiny.encode_text(tokens), atol=0, rtol=0
+        )
         before_eot = tokens.clone()
         before_eot[:, 2] = 4321
         assert not torch.allclose(tiny.encode_text(before_eot), tiny.encode_text(tokens))
@@ -63,8 +64,9 @@ def test_encode_text_is_encode_token_embeddings_at_the_end_token(tiny):
     tokens = _tokens((3, 11, 77))
     with torch.no_grad():
         direct = tiny.encode_text(tokens)
-        via_embeddings = tiny.encode_token_embeddings(tiny.token_embedding(tokens),
-                                                      tokens.argmax(dim=-1))
+        via_embeddings = tiny.encode_token_embeddings(
+            tiny.token_embedding(tokens), tokens.argmax(dim=-1)
+        )
     assert torch.equal(direct, via_embeddings)
 
 

@@ -26,8 +26,9 @@ def test_learned_prompts_are_three_placeholders_cut_after_their_end_token(tiny_c
 
 
 def test_learned_init_has_the_xavier_scale_of_the_full_context_tensor(tiny_clip):
-    learner = init_prompts(tiny_clip, "learned", length=16,
-                           generator=torch.Generator().manual_seed(0))
+    learner = init_prompts(
+        tiny_clip, "learned", length=16, generator=torch.Generator().manual_seed(0)
+    )
     width, context = tiny_clip.config.text.width, tiny_clip.config.text.context_length
     expected = (2.0 / ((context + 3) * width)) ** 0.5
     assert learner.embeddings.std().item() == pytest.approx(expected, rel=0.05)
@@ -88,8 +89,9 @@ def test_prompt_gradients_reach_every_learnable_token(tiny_clip):
 def test_prompt_file_round_trip_keeps_prompts_features_and_clip_identity(tiny_clip, tmp_path):
     learner = init_prompts(tiny_clip, "learned", length=16)
     fingerprint = clip_fingerprint(tiny_clip)
-    path = save_prompts(tmp_path / "p.safetensors", learner, tiny_clip, fingerprint,
-                        {"note": "test"})
+    path = save_prompts(
+        tmp_path / "p.safetensors", learner, tiny_clip, fingerprint, {"note": "test"}
+    )
     loaded = load_prompts(path)
     assert loaded.mode == "learned" and loaded.info == {"note": "test"}
     assert loaded.clip_config == tiny_clip.config
@@ -102,8 +104,7 @@ def test_prompt_file_round_trip_keeps_prompts_features_and_clip_identity(tiny_cl
 
 def test_prompts_are_refused_with_other_clip_weights(tiny_clip, tmp_path):
     learner = init_prompts(tiny_clip)
-    path = save_prompts(tmp_path / "p.safetensors", learner, tiny_clip,
-                        clip_fingerprint(tiny_clip))
+    path = save_prompts(tmp_path / "p.safetensors", learner, tiny_clip, clip_fingerprint(tiny_clip))
     torch.manual_seed(99)
     other = build_clip("tiny")
     with pytest.raises(CheckpointError, match="other CLIP weights") as err:
@@ -115,8 +116,7 @@ def test_prompts_are_refused_with_another_clip_architecture(tiny_clip, tmp_path)
     from dataclasses import replace
 
     learner = init_prompts(tiny_clip)
-    path = save_prompts(tmp_path / "p.safetensors", learner, tiny_clip,
-                        clip_fingerprint(tiny_clip))
+    path = save_prompts(tmp_path / "p.safetensors", learner, tiny_clip, clip_fingerprint(tiny_clip))
     wider = build_clip(replace(tiny_clip.config, embed_dim=48))
     with pytest.raises(CheckpointError, match="different CLIP architecture"):
         load_prompts(path).check_clip(wider)

@@ -50,11 +50,14 @@ def test_every_parameter_receives_a_nonzero_gradient():
     assert dead == []
 
 
-@pytest.mark.parametrize(("switch", "kinds"), [
-    ("attention_mamba", [AttentionMamba]),
-    ("mutual_swap", [MutualGuidedBlock]),
-    ("deep_fuse", [DeepFuseBlock, CGAFusion]),
-])
+@pytest.mark.parametrize(
+    ("switch", "kinds"),
+    [
+        ("attention_mamba", [AttentionMamba]),
+        ("mutual_swap", [MutualGuidedBlock]),
+        ("deep_fuse", [DeepFuseBlock, CGAFusion]),
+    ],
+)
 def test_ablation_switch_removes_its_modules(switch, kinds):
     full = FusionNet(TINY)
     ablated = FusionNet(dataclasses.replace(TINY, **{switch: False}))
@@ -68,8 +71,11 @@ def test_ablation_switch_removes_its_modules(switch, kinds):
 
 def test_bidirectional_mamba_is_used_only_in_deep_fuse():
     model = FusionNet(TINY)
-    bidirectional = [n for n, m in model.named_modules()
-                     if isinstance(m, Mamba) and m.backward_branch is not None]
+    bidirectional = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, Mamba) and m.backward_branch is not None
+    ]
     assert sorted(bidirectional) == ["over_deep_fuse.mamba", "under_deep_fuse.mamba"]
 
 

@@ -14,8 +14,12 @@ from textmef.models import CONFIGS, FusionNet
 
 def scene(height, width, seed=1):
     g = torch.Generator().manual_seed(seed)
-    base = F.interpolate(torch.rand(1, 3, height // 4, width // 4, generator=g),
-                         size=(height, width), mode="bilinear", align_corners=False)
+    base = F.interpolate(
+        torch.rand(1, 3, height // 4, width // 4, generator=g),
+        size=(height, width),
+        mode="bilinear",
+        align_corners=False,
+    )
     return (base * 0.4).clamp(0, 1), (base * 1.8).clamp(0, 1)
 
 

@@ -27,11 +27,11 @@ def radiance(seed: int = 0, size: tuple[int, int] = SIZE) -> np.ndarray:
     """A smooth random HDR-ish radiance map: about 7 stops of range, mildly coloured."""
     rng = np.random.default_rng(seed)
     h, w = size
-    grey = cv2.resize(rng.random((4, 5)).astype(np.float32), (w, h),
-                      interpolation=cv2.INTER_CUBIC)
+    grey = cv2.resize(rng.random((4, 5)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
     grey = (grey - grey.min()) / (grey.max() - grey.min())
-    tint = cv2.resize(rng.random((3, 3, 3)).astype(np.float32), (w, h),
-                      interpolation=cv2.INTER_CUBIC)
+    tint = cv2.resize(
+        rng.random((3, 3, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC
+    )
     return np.exp2(-6.0 + 7.0 * grey)[..., None] * (0.8 + 0.4 * np.clip(tint, 0, 1))
 
 
@@ -39,8 +39,14 @@ def render(scene: np.ndarray, exposure: float) -> np.ndarray:
     return np.clip(scene * exposure, 0, 1) ** (1 / 2.2)
 
 
-def write_stack(folder: Path, exposures: dict[float, str], seed: int = 0, bit_depth: int = 8,
-                size: tuple[int, int] = SIZE, exif: bool = False) -> Path:
+def write_stack(
+    folder: Path,
+    exposures: dict[float, str],
+    seed: int = 0,
+    bit_depth: int = 8,
+    size: tuple[int, int] = SIZE,
+    exif: bool = False,
+) -> Path:
     """Render ``scene`` at each exposure into ``folder/NN.png`` (8- or 16-bit)."""
     folder.mkdir(parents=True, exist_ok=True)
     scene = radiance(seed, size)
@@ -48,8 +54,9 @@ def write_stack(folder: Path, exposures: dict[float, str], seed: int = 0, bit_de
         path = io.write_image(folder / f"{number}.png", render(scene, exposure), bit_depth)
         if exif:
             tags = PIL.Image.Exif()
-            tags.get_ifd(PIL.ExifTags.IFD.Exif)[PIL.ExifTags.Base.ExposureTime] = (
-                IFDRational(round(exposure * 400), 4000))
+            tags.get_ifd(PIL.ExifTags.IFD.Exif)[PIL.ExifTags.Base.ExposureTime] = IFDRational(
+                round(exposure * 400), 4000
+            )
             with PIL.Image.open(path) as im:
                 im.load()
                 im.save(path, exif=tags.tobytes())
@@ -85,7 +92,10 @@ def tree(tmp_path):
 def test_find_stacks_walks_recursively_skips_hidden_and_the_output(tree):
     found = stacks.find_stacks(tree, exclude=[tree / "groupA" / "mixed"])
     assert [p.relative_to(tree).as_posix() for p in found] == [
-        "groupA/s1", "groupB/deep/s2", "lonely"]
+        "groupA/s1",
+        "groupB/deep/s2",
+        "lonely",
+    ]
 
 
 def test_order_is_recovered_from_luminance(tmp_path):
@@ -112,15 +122,18 @@ def test_exif_exposure_times_are_used_when_every_frame_has_one(tmp_path):
     assert [f.path.name for f in frames] == by_number(THREE)
 
 
-@pytest.mark.parametrize(("ev", "pick", "gap", "pair"), [
-    ([0, 2, 4, 6, 8], "extremes", 2.0, (0, 4)),
-    ([0, 2, 4, 6, 8], "ev-gap", 4.0, (1, 3)),  # three pairs 4 stops apart: the centred one
-    ([0, 2.1, 3.9, 6, 8], "ev-gap", 4.0, (1, 3)),  # noisy estimates do not change that
-    ([0, 2, 4, 6, 8], "ev-gap", 2.0, (1, 2)),  # two equally centred pairs: the darker
-    ([0, 2, 4, 6, 8], "ev-gap", 20.0, (0, 4)),
-    ([0, 1, 3], "ev-gap", 2.0, (1, 2)),
-    ([0, 3], "ev-gap", 1.0, (0, 1)),
-])
+@pytest.mark.parametrize(
+    ("ev", "pick", "gap", "pair"),
+    [
+        ([0, 2, 4, 6, 8], "extremes", 2.0, (0, 4)),
+        ([0, 2, 4, 6, 8], "ev-gap", 4.0, (1, 3)),  # three pairs 4 stops apart: the centred one
+        ([0, 2.1, 3.9, 6, 8], "ev-gap", 4.0, (1, 3)),  # noisy estimates do not change that
+        ([0, 2, 4, 6, 8], "ev-gap", 2.0, (1, 2)),  # two equally centred pairs: the darker
+        ([0, 2, 4, 6, 8], "ev-gap", 20.0, (0, 4)),
+        ([0, 1, 3], "ev-gap", 2.0, (1, 2)),
+        ([0, 3], "ev-gap", 1.0, (0, 1)),
+    ],
+)
 def test_pick_pair(ev, pick, gap, pair):
     assert stacks.pick_pair(ev, pick, gap) == pair
 
@@ -137,8 +150,13 @@ def test_make_pairs_writes_triplets_and_a_manifest(tree):
             assert image.bit_depth == 8
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert manifest["textmef_version"] == __version__
-    assert manifest["options"] == {"pick": "extremes", "ev_gap": 2.0, "reference": "best",
-                                   "max_side": None, "align": False}
+    assert manifest["options"] == {
+        "pick": "extremes",
+        "ev_gap": 2.0,
+        "reference": "best",
+        "max_side": None,
+        "align": False,
+    }
     s1, s2 = manifest["stacks"]
     assert (s1["source"], s1["name"], s1["size"]) == ("groupA/s1", "groupA_s1", [64, 48])
     assert s1["ordering"] == "luminance"
@@ -155,12 +173,13 @@ def test_make_pairs_writes_triplets_and_a_manifest(tree):
     under = io.read_image(out / "under" / "groupA_s1.png").pixels
     assert np.array_equal(under, io.read_image(tree / "groupA" / "s1" / "02.png").pixels)
     gt = io.read_image(out / "gt" / "groupA_s1.png").pixels
-    assert (luminances[0] < stacks.mean_luminance(gt) < luminances[-1])
+    assert luminances[0] < stacks.mean_luminance(gt) < luminances[-1]
 
 
 def test_mixed_sizes_and_single_images_are_skipped_and_reported(tree, caplog):
-    manifest = make_pairs(tree, tree.parent / "data", PairOptions(reference="mertens"),
-                          scorer=mean_scorer)
+    manifest = make_pairs(
+        tree, tree.parent / "data", PairOptions(reference="mertens"), scorer=mean_scorer
+    )
     skipped = {s["source"]: s["reason"] for s in manifest["skipped"]}
     assert set(skipped) == {"groupA/mixed", "lonely"}
     assert "different sizes (30x20, 64x48)" in skipped["groupA/mixed"]
@@ -171,9 +190,12 @@ def test_mixed_sizes_and_single_images_are_skipped_and_reported(tree, caplog):
 
 def test_ev_gap_picks_the_centred_pair(tmp_path):
     write_stack(tmp_path / "stacks" / "s", FIVE)
-    manifest = make_pairs(tmp_path / "stacks", tmp_path / "data",
-                          PairOptions(pick="ev-gap", ev_gap=4.0, reference="mertens"),
-                          scorer=mean_scorer)
+    manifest = make_pairs(
+        tmp_path / "stacks",
+        tmp_path / "data",
+        PairOptions(pick="ev-gap", ev_gap=4.0, reference="mertens"),
+        scorer=mean_scorer,
+    )
     entry = manifest["stacks"][0]
     assert (entry["under"], entry["over"]) == ("01.png", "02.png")  # exposures 1/4 and 4
     assert entry["pair_ev_gap"] == pytest.approx(4.0, abs=0.3)
@@ -218,8 +240,7 @@ def test_output_inside_the_stacks_folder_is_not_searched(tree):
 
 def test_sixteen_bit_stacks_give_sixteen_bit_triplets_and_max_side_downsizes(tmp_path):
     write_stack(tmp_path / "stacks" / "s", THREE, bit_depth=16)
-    make_pairs(tmp_path / "stacks", tmp_path / "data", PairOptions(max_side=32),
-               scorer=mean_scorer)
+    make_pairs(tmp_path / "stacks", tmp_path / "data", PairOptions(max_side=32), scorer=mean_scorer)
     for kind in ("under", "over", "gt"):
         image = io.read_image(tmp_path / "data" / kind / "s.png")
         assert image.bit_depth == 16
@@ -232,8 +253,7 @@ def test_best_keeps_the_higher_scoring_candidate(tmp_path, monkeypatch, brighter
     monkeypatch.setattr(stacks, "mertens", lambda frames: np.full_like(frames[0], 0.2))
     monkeypatch.setattr(stacks, "hdr_tonemap", lambda frames, ev: np.full_like(frames[0], 0.6))
     sign = 1.0 if brighter_wins else -1.0
-    monkeypatch.setattr(stacks, "mef_ssim_score",
-                        lambda stack, image: sign * float(image.mean()))
+    monkeypatch.setattr(stacks, "mef_ssim_score", lambda stack, image: sign * float(image.mean()))
     write_stack(tmp_path / "stacks" / "s", THREE)
     manifest = make_pairs(tmp_path / "stacks", tmp_path / "data")
     reference = manifest["stacks"][0]["reference"]
@@ -246,7 +266,8 @@ def test_best_keeps_the_higher_scoring_candidate(tmp_path, monkeypatch, brighter
 def test_best_with_the_real_mef_ssim(tmp_path):
     pytest.importorskip("textmef.metrics.mef_ssim", reason="MEF-SSIM is not in this build")
     frames, ordering = stacks.order_by_exposure(
-        stacks.load_stack(write_stack(tmp_path / "s", THREE)))
+        stacks.load_stack(write_stack(tmp_path / "s", THREE))
+    )
     ev = stacks.relative_exposures(frames, ordering)
     reference = stacks.pseudo_reference([f.pixels for f in frames], ev.tolist(), "best")
     scores = reference.scores
@@ -257,7 +278,8 @@ def test_best_with_the_real_mef_ssim(tmp_path):
 
 def test_hdr_candidate_is_sane_on_a_synthetic_stack(tmp_path):
     frames, ordering = stacks.order_by_exposure(
-        stacks.load_stack(write_stack(tmp_path / "s", FIVE)))
+        stacks.load_stack(write_stack(tmp_path / "s", FIVE))
+    )
     ev = stacks.relative_exposures(frames, ordering)
     image = stacks.hdr_tonemap([f.pixels for f in frames], ev.tolist())
     assert image.shape == (*SIZE, 3) and image.dtype == np.float32
@@ -281,8 +303,23 @@ def test_opencv_settings_are_restored(tmp_path):
 def test_cli_makes_pairs(tree, monkeypatch, capsys):
     monkeypatch.setattr(stacks, "mef_ssim_score", mean_scorer)
     out = tree.parent / "data"
-    assert main(["make-pairs", str(tree), "-o", str(out), "--reference", "mertens",
-                 "--pick", "ev-gap", "--ev-gap", "4"]) == 0
+    assert (
+        main(
+            [
+                "make-pairs",
+                str(tree),
+                "-o",
+                str(out),
+                "--reference",
+                "mertens",
+                "--pick",
+                "ev-gap",
+                "--ev-gap",
+                "4",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "wrote 2 triplet(s)" in printed and "mertens 2" in printed
     assert "2 folder(s) skipped" in printed
@@ -291,13 +328,16 @@ def test_cli_makes_pairs(tree, monkeypatch, capsys):
     assert manifest["options"]["ev_gap"] == 4.0
 
 
-@pytest.mark.parametrize(("setup", "args", "message"), [
-    ("missing", [], "no such folder"),
-    ("empty", [], "holds no images"),
-    ("lonely", [], "holds no usable exposure stack"),
-    ("empty", ["--pick", "extremes", "--ev-gap", "2"], "--ev-gap is only used with"),
-    ("empty", ["--pick", "ev-gap", "--ev-gap", "-1"], "positive number of stops"),
-])
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("missing", [], "no such folder"),
+        ("empty", [], "holds no images"),
+        ("lonely", [], "holds no usable exposure stack"),
+        ("empty", ["--pick", "extremes", "--ev-gap", "2"], "--ev-gap is only used with"),
+        ("empty", ["--pick", "ev-gap", "--ev-gap", "-1"], "positive number of stops"),
+    ],
+)
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, setup, args, message):
     stacks_dir = tmp_path / "stacks"
     if setup != "missing":
@@ -315,8 +355,10 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, setup, args, messa
 def test_real_sequences(tmp_path):
     missing = [s for s in REAL_SEQUENCES if not (BRACKETS / s).is_dir()]
     if missing:
-        pytest.skip(f"real exposure brackets not found under {BRACKETS} ({', '.join(missing)}); "
-                    "they live outside the repository in ../shared/data")
+        pytest.skip(
+            f"real exposure brackets not found under {BRACKETS} ({', '.join(missing)}); "
+            "they live outside the repository in ../shared/data"
+        )
     root = tmp_path / "stacks"
     for sequence in REAL_SEQUENCES:
         link = root / sequence
@@ -324,6 +366,7 @@ def test_real_sequences(tmp_path):
         link.symlink_to(BRACKETS / sequence, target_is_directory=True)
     try:
         import textmef.metrics.mef_ssim  # noqa: F401
+
         scorer = None
     except ImportError:
         scorer = mean_scorer
@@ -333,8 +376,9 @@ def test_real_sequences(tmp_path):
     villa = next(s for s in manifest["stacks"] if s["source"] == "misc/villa")
     assert villa["ordering"] == "exif"
     for entry in manifest["stacks"]:
-        images = {k: io.read_image(tmp_path / "data" / p).pixels
-                  for k, p in entry["outputs"].items()}
+        images = {
+            k: io.read_image(tmp_path / "data" / p).pixels for k, p in entry["outputs"].items()
+        }
         assert max(images["gt"].shape[:2]) == 256
         under, over, gt = (stacks.mean_luminance(images[k]) for k in ("under", "over", "gt"))
         assert under < gt < over, entry["source"]

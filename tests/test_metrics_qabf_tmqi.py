@@ -106,8 +106,10 @@ def test_qabf_tie_rule_on_a_hand_computed_constant_image():
     image = torch.full((1, h, w), v / 255.0 / 255.0, dtype=torch.float64)
     edges, g_edge = 2 * (h - 2) + 2 * (w - 2), 4.0 * v
     corners, g_corner = 4, 3.0 * math.sqrt(2.0) * v
-    expected = _qa(1.0) * (edges * g_edge * _qg(g_edge) + corners * g_corner * _qg(g_corner)) / (
-        edges * g_edge + corners * g_corner
+    expected = (
+        _qa(1.0)
+        * (edges * g_edge * _qg(g_edge) + corners * g_corner * _qg(g_corner))
+        / (edges * g_edge + corners * g_corner)
     )
     assert _qg(g_edge) == pytest.approx(TG / 2.0, rel=1e-15)
     score = qabf(image, image, image, quantize=False)
@@ -332,8 +334,9 @@ def test_tmqi_combines_s_and_n_with_the_published_exponents():
     reference, test = _tmqi_pair()
     q, s, n = tmqi(reference, test, return_components=True)
     assert 0.0 < s.item() < 1.0 and 0.0 < n.item() < 1.0
-    assert q.item() == pytest.approx(0.8012 * s.item() ** 0.3046 + 0.1988 * n.item() ** 0.7088,
-                                     rel=1e-14)
+    assert q.item() == pytest.approx(
+        0.8012 * s.item() ** 0.3046 + 0.1988 * n.item() ** 0.7088, rel=1e-14
+    )
 
 
 def test_tmqi_gray_input_is_its_luminance():

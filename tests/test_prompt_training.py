@@ -24,9 +24,16 @@ FAST = PromptTrainingConfig(lr=1e-3, epochs=15, batch_size=8, holdout=0.25, seed
 def trained(tiny_clip, exposure_folders, tmp_path_factory):
     root = tmp_path_factory.mktemp("stage1")
     lines = []
-    result = train_prompts(tiny_clip, clip_fingerprint(tiny_clip), exposure_folders, FAST,
-                           root / "prompts.safetensors", root / "run", progress=False,
-                           report=lines.append)
+    result = train_prompts(
+        tiny_clip,
+        clip_fingerprint(tiny_clip),
+        exposure_folders,
+        FAST,
+        root / "prompts.safetensors",
+        root / "run",
+        progress=False,
+        report=lines.append,
+    )
     return result, lines, root
 
 
@@ -56,8 +63,9 @@ def test_training_writes_prompts_with_recipe_and_accuracy(trained, tiny_clip):
     torch.testing.assert_close(prompts.learner.embeddings, result.learner.embeddings.detach())
 
 
-def test_cached_features_are_the_features_of_flipped_and_rotated_images(tiny_clip,
-                                                                        exposure_folders):
+def test_cached_features_are_the_features_of_flipped_and_rotated_images(
+    tiny_clip, exposure_folders
+):
     from textmef import io
 
     path = exposure_folders["well"][0]
@@ -66,7 +74,8 @@ def test_cached_features_are_the_features_of_flipped_and_rotated_images(tiny_cli
     for view in (0, 3, 5):
         with torch.no_grad():
             direct = torch.nn.functional.normalize(
-                tiny_clip.encode_image(dihedral(image, view)), dim=-1)
+                tiny_clip.encode_image(dihedral(image, view)), dim=-1
+            )
         torch.testing.assert_close(features[:, view], direct, atol=1e-5, rtol=1e-5)
 
 
@@ -89,16 +98,39 @@ def test_well_exposed_images_are_repeated_to_balance_the_classes():
 def test_resumed_run_equals_an_uninterrupted_one(tiny_clip, exposure_folders, tmp_path):
     fingerprint = clip_fingerprint(tiny_clip)
     config = PromptTrainingConfig(lr=1e-3, epochs=4, batch_size=8, holdout=0.25)
-    whole = train_prompts(tiny_clip, fingerprint, exposure_folders, config,
-                          tmp_path / "whole.safetensors", tmp_path / "whole", progress=False,
-                          report=lambda _: None)
+    whole = train_prompts(
+        tiny_clip,
+        fingerprint,
+        exposure_folders,
+        config,
+        tmp_path / "whole.safetensors",
+        tmp_path / "whole",
+        progress=False,
+        report=lambda _: None,
+    )
     first = PromptTrainingConfig(lr=1e-3, epochs=2, batch_size=8, holdout=0.25)
-    train_prompts(tiny_clip, fingerprint, exposure_folders, first, tmp_path / "half.safetensors",
-                  tmp_path / "split", progress=False, report=lambda _: None)
+    train_prompts(
+        tiny_clip,
+        fingerprint,
+        exposure_folders,
+        first,
+        tmp_path / "half.safetensors",
+        tmp_path / "split",
+        progress=False,
+        report=lambda _: None,
+    )
     lines = []
-    resumed = train_prompts(tiny_clip, fingerprint, exposure_folders, config,
-                            tmp_path / "resumed.safetensors", tmp_path / "split", resume=True,
-                            progress=False, report=lines.append)
+    resumed = train_prompts(
+        tiny_clip,
+        fingerprint,
+        exposure_folders,
+        config,
+        tmp_path / "resumed.safetensors",
+        tmp_path / "split",
+        resume=True,
+        progress=False,
+        report=lines.append,
+    )
     assert len(lines) == 2 and lines[0].startswith("epoch 3/4")
     assert len(resumed.history) == 4
     torch.testing.assert_close(resumed.learner.embeddings, whole.learner.embeddings)
@@ -108,34 +140,63 @@ def test_a_finished_run_folder_is_not_silently_overwritten(trained, tiny_clip, e
     _, _, root = trained
     assert (root / "run" / STATE_FILE).exists() and (root / "run" / FEATURES_FILE).exists()
     with pytest.raises(InputError, match="--resume"):
-        train_prompts(tiny_clip, clip_fingerprint(tiny_clip), exposure_folders, FAST,
-                      root / "again.safetensors", root / "run", progress=False)
+        train_prompts(
+            tiny_clip,
+            clip_fingerprint(tiny_clip),
+            exposure_folders,
+            FAST,
+            root / "again.safetensors",
+            root / "run",
+            progress=False,
+        )
 
 
 def test_resume_with_other_settings_is_refused(trained, tiny_clip, exposure_folders):
     _, _, root = trained
     other = PromptTrainingConfig(lr=2e-3, epochs=16, batch_size=8, holdout=0.25)
     with pytest.raises(InputError, match="other settings \\(lr\\)"):
-        train_prompts(tiny_clip, clip_fingerprint(tiny_clip), exposure_folders, other,
-                      root / "again.safetensors", root / "run", resume=True, progress=False)
+        train_prompts(
+            tiny_clip,
+            clip_fingerprint(tiny_clip),
+            exposure_folders,
+            other,
+            root / "again.safetensors",
+            root / "run",
+            resume=True,
+            progress=False,
+        )
 
 
 def test_fixed_prompts_train_nothing_but_report_accuracy(tiny_clip, exposure_folders, tmp_path):
     lines = []
-    result = train_prompts(tiny_clip, clip_fingerprint(tiny_clip), exposure_folders,
-                           PromptTrainingConfig(mode="fixed", holdout=0.25),
-                           tmp_path / "fixed.safetensors", tmp_path / "run", progress=False,
-                           report=lines.append)
+    result = train_prompts(
+        tiny_clip,
+        clip_fingerprint(tiny_clip),
+        exposure_folders,
+        PromptTrainingConfig(mode="fixed", holdout=0.25),
+        tmp_path / "fixed.safetensors",
+        tmp_path / "run",
+        progress=False,
+        report=lines.append,
+    )
     assert len(lines) == 1 and lines[0].startswith("fixed prompts")
     assert load_prompts(result.output).mode == "fixed"
 
 
-def test_pos_neg_prompts_learn_to_tell_well_from_badly_exposed(tiny_clip, exposure_folders,
-                                                              tmp_path):
+def test_pos_neg_prompts_learn_to_tell_well_from_badly_exposed(
+    tiny_clip, exposure_folders, tmp_path
+):
     config = PromptTrainingConfig(mode="pos-neg", lr=1e-3, epochs=15, batch_size=8, holdout=0.25)
-    result = train_prompts(tiny_clip, clip_fingerprint(tiny_clip), exposure_folders, config,
-                           tmp_path / "pn.safetensors", tmp_path / "run", progress=False,
-                           report=lambda _: None)
+    result = train_prompts(
+        tiny_clip,
+        clip_fingerprint(tiny_clip),
+        exposure_folders,
+        config,
+        tmp_path / "pn.safetensors",
+        tmp_path / "run",
+        progress=False,
+        report=lambda _: None,
+    )
     assert all(acc >= 0.95 for acc in result.history[-1]["train"].values())
 
 

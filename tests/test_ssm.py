@@ -51,7 +51,8 @@ def test_reversed_direction_equals_reference_on_flipped_sequence(backend):
 def test_gradcheck_float64(backend):
     inputs = make_inputs(1, 9, 3, 2, dtype=torch.float64)
     assert torch.autograd.gradcheck(
-        lambda *xs: selective_scan(*xs, backend=backend, chunk=4), inputs, eps=1e-6, atol=1e-5)
+        lambda *xs: selective_scan(*xs, backend=backend, chunk=4), inputs, eps=1e-6, atol=1e-5
+    )
 
 
 def test_chunk_size_does_not_change_the_result():

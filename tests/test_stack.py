@@ -22,7 +22,7 @@ def scene(size=(168, 176), seed=0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     i, j = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
     base = np.stack([0.5 + 0.4 * np.sin(7 * i + c) * np.cos(5 * j - c) for c in range(3)], -1)
-    base[h // 4: h // 2, w // 3: w // 2] = rng.random(3)
+    base[h // 4 : h // 2, w // 3 : w // 2] = rng.random(3)
     return np.clip(base, 0, 1).astype(np.float32)
 
 
@@ -31,8 +31,10 @@ def write_stack(folder, gains=GAINS, names=None, seed=0, size=(168, 176), bit_de
     base = scene(size, seed)
     names = names or [f"{k:02d}.png" for k in range(len(gains))]
     bit_depths = bit_depths or [8] * len(gains)
-    return [io.write_image(folder / n, np.clip(base * g, 0, 1), d)
-            for n, g, d in zip(names, gains, bit_depths)]
+    return [
+        io.write_image(folder / n, np.clip(base * g, 0, 1), d)
+        for n, g, d in zip(names, gains, bit_depths)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,7 @@ def _recording_fusion(calls):
     def fuse(darker, brighter):
         calls.append((round(float(darker.mean()), 6), round(float(brighter.mean()), 6)))
         return (darker + brighter) / 2
+
     return fuse
 
 
@@ -160,9 +163,14 @@ def stacks(tmp_path_factory):
 
 def test_bench_stacks_fuses_every_frame_and_scores_mef_ssim_against_the_stack(stacks, tmp_path):
     root, refs = stacks
-    config = BenchConfig(data=root, out=tmp_path / "r", stacks=True, references=refs,
-                         methods=("mean", "textmef-progressive", "textmef-extremes"),
-                         metrics=("PSNR", "MEF-SSIM", "QABF"))
+    config = BenchConfig(
+        data=root,
+        out=tmp_path / "r",
+        stacks=True,
+        references=refs,
+        methods=("mean", "textmef-progressive", "textmef-extremes"),
+        metrics=("PSNR", "MEF-SSIM", "QABF"),
+    )
     scenes = select_scenes(config)
     assert [s.name for s in scenes] == ["group_alpha", "group_beta"]
     assert [p.name for p in scenes[0].frames] == ["01.png", "00.png", "02.png"]
@@ -170,8 +178,7 @@ def test_bench_stacks_fuses_every_frame_and_scores_mef_ssim_against_the_stack(st
     row = next(r for r in result.rows if r["method"] == "mean" and r["scene"] == "group_alpha")
     frames = [io.to_tensor(io.read_image(p).pixels) for p in scenes[0].frames]
     fused = io.to_tensor(io.read_image(tmp_path / "r/fused/mean/group_alpha.png").pixels)
-    assert row["MEF-SSIM"] == pytest.approx(float(mef_ssim(torch.cat(frames), fused[0])),
-                                            rel=1e-12)
+    assert row["MEF-SSIM"] == pytest.approx(float(mef_ssim(torch.cat(frames), fused[0])), rel=1e-12)
     assert np.allclose(fused, torch.stack(frames).mean(0), atol=1 / 255)
     grid = io.read_image(tmp_path / "r/grids/group_alpha.jpg").pixels
     assert grid.shape[1] > 7 * 200  # 3 frames, 3 methods, the reference
@@ -182,8 +189,7 @@ def test_bench_stacks_keeps_only_stacks_with_a_reference(stacks, tmp_path):
     root, refs = stacks
     (refs / "group_beta.png").rename(tmp_path / "moved.png")
     try:
-        scenes = select_scenes(BenchConfig(data=root, out=tmp_path, stacks=True,
-                                           references=refs))
+        scenes = select_scenes(BenchConfig(data=root, out=tmp_path, stacks=True, references=refs))
     finally:
         (tmp_path / "moved.png").rename(refs / "group_beta.png")
     assert [s.name for s in scenes] == ["group_alpha"]
@@ -200,12 +206,13 @@ def textured_scene(size=(240, 320), seed=3) -> np.ndarray:
 
     h, w = size
     rng = np.random.default_rng(seed)
-    noise = cv2.resize(rng.random((h // 8, w // 8, 3)).astype(np.float32), (w, h),
-                       interpolation=cv2.INTER_CUBIC)
+    noise = cv2.resize(
+        rng.random((h // 8, w // 8, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC
+    )
     base = 0.3 + 0.4 * noise
     for _ in range(25):
         y, x = int(rng.integers(0, h - 30)), int(rng.integers(0, w - 30))
-        base[y: y + int(rng.integers(8, 30)), x: x + int(rng.integers(8, 30))] = rng.random(3)
+        base[y : y + int(rng.integers(8, 30)), x : x + int(rng.integers(8, 30))] = rng.random(3)
     return np.clip(base, 0, 1).astype(np.float32)
 
 
@@ -215,8 +222,13 @@ def write_handheld_pair(folder, shift=(6.0, -4.0)):
     folder.mkdir(parents=True, exist_ok=True)
     base = textured_scene()
     h, w = base.shape[:2]
-    moved = cv2.warpAffine(base, np.float32([[1, 0, shift[0]], [0, 1, shift[1]]]), (w, h),
-                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    moved = cv2.warpAffine(
+        base,
+        np.float32([[1, 0, shift[0]], [0, 1, shift[1]]]),
+        (w, h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT,
+    )
     under = io.write_image(folder / "under.png", base * 0.35, 8)
     over = io.write_image(folder / "over.png", np.clip(moved * 2.2, 0, 1), 8)
     return under, over
@@ -243,12 +255,14 @@ def test_make_pairs_align_crops_every_output_and_records_the_motion(tmp_path):
     from textmef.data.stacks import PairOptions, make_pairs
 
     under, over = write_handheld_pair(tmp_path / "stacks" / "walk")
-    manifest = make_pairs(tmp_path / "stacks", tmp_path / "pairs",
-                          PairOptions(reference="mertens", align=True))
+    manifest = make_pairs(
+        tmp_path / "stacks", tmp_path / "pairs", PairOptions(reference="mertens", align=True)
+    )
     entry = manifest["stacks"][0]
     assert entry["alignment"]["reference"] in ("under.png", "over.png")
     assert "shift" in next(iter(entry["alignment"]["motions"].values()))
-    shapes = {io.read_image(tmp_path / "pairs" / rel).pixels.shape
-              for rel in entry["outputs"].values()}
+    shapes = {
+        io.read_image(tmp_path / "pairs" / rel).pixels.shape for rel in entry["outputs"].values()
+    }
     assert len(shapes) == 1 and next(iter(shapes))[0] < 240
     assert json.loads((tmp_path / "pairs/manifest.json").read_text())["options"]["align"]

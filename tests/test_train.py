@@ -49,7 +49,8 @@ def tiny_config(root: Path, out: Path, steps: int = 4, **run) -> TrainConfig:
         data=DataConfig(root=str(root), crop=16, val_fraction=0.0),
         model=ModelConfig(name="textmef-tiny"),
         optim=OptimConfig(batch_size=2, steps=steps, milestones=(0.5,)),
-        run=RunConfig(out=str(out), seed=3, val_every=1000, save_every=2, log_every=1, **run))
+        run=RunConfig(out=str(out), seed=3, val_every=1000, save_every=2, log_every=1, **run),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -117,18 +118,20 @@ def test_yaml_config_maps_onto_the_dataclasses(tmp_path):
 
 def test_defaults_follow_the_paper():
     config = TrainConfig()
-    assert (config.optim.lr, config.optim.betas, config.optim.batch_size) == (2e-4, (0.5, 0.999),
-                                                                              8)
+    assert (config.optim.lr, config.optim.betas, config.optim.batch_size) == (2e-4, (0.5, 0.999), 8)
     assert config.loss.clip_weight == 1e-2 and config.data.crop == 224
 
 
-@pytest.mark.parametrize(("text", "match"), [
-    ("optim:\n  lrr: 1\n", "unknown key"),
-    ("optimizer:\n  lr: 1\n", "unknown section"),
-    ("optim:\n  steps: many\n", "optim.steps"),
-    ("data: [1, 2]\n", "must be a mapping"),
-    ("optim: {lr: 1\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("optim:\n  lrr: 1\n", "unknown key"),
+        ("optimizer:\n  lr: 1\n", "unknown section"),
+        ("optim:\n  steps: many\n", "optim.steps"),
+        ("data: [1, 2]\n", "must be a mapping"),
+        ("optim: {lr: 1\n", "not valid YAML"),
+    ],
+)
 def test_bad_configs_name_the_problem(tmp_path, text, match):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -140,8 +143,19 @@ def test_every_field_is_overridable_from_the_command_line():
     from textmef.cli import build_parser
     from textmef.engine.config import apply_overrides
 
-    args = build_parser().parse_args(["train", "--optim.lr", "0.5", "--data.augment", "no",
-                                      "--optim.milestones", "0.3,0.6", "--run.out", "x"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--optim.lr",
+            "0.5",
+            "--data.augment",
+            "no",
+            "--optim.milestones",
+            "0.3,0.6",
+            "--run.out",
+            "x",
+        ]
+    )
     config = apply_overrides(TrainConfig(), args)
     assert config.optim.lr == 0.5 and config.data.augment is False
     assert config.optim.milestones == (0.3, 0.6) and config.run.out == "x"
@@ -156,8 +170,14 @@ def test_training_writes_checkpoints_logs_and_summary(data_root, tmp_path):
     result = train(tiny_config(data_root, tmp_path / "run"), progress=False, report=lambda _: None)
     out = tmp_path / "run"
     assert result.step == 4
-    for name in ("state.pt", "last.safetensors", "log.csv", "summary.json", "config.yaml",
-                 "split.json"):
+    for name in (
+        "state.pt",
+        "last.safetensors",
+        "log.csv",
+        "summary.json",
+        "config.yaml",
+        "split.json",
+    ):
         assert (out / name).exists(), name
     rows = (out / "log.csv").read_text().splitlines()
     assert rows[0].startswith("step,kind,loss") and len(rows) == 5
@@ -188,8 +208,9 @@ def test_an_existing_run_is_not_overwritten_without_resume(data_root, tmp_path):
         train(config, progress=False, report=lambda _: None)
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_root, tmp_path,
-                                                                    monkeypatch):
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    data_root, tmp_path, monkeypatch
+):
     import textmef.engine.train as engine
 
     config = tiny_config(data_root, tmp_path / "run", steps=6)
@@ -215,8 +236,9 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_root, tm
 def test_validation_scores_the_network_and_mertens(data_root, tmp_path):
     pytest.importorskip("textmef.metrics")
     config = tiny_config(data_root, tmp_path / "run", steps=2)
-    config = replace(config, data=replace(config.data, val_fraction=0.4),
-                     run=replace(config.run, val_every=1))
+    config = replace(
+        config, data=replace(config.data, val_fraction=0.4), run=replace(config.run, val_every=1)
+    )
     lines = []
     result = train(config, progress=False, report=lines.append)
     vals = [h for h in result.history if h["kind"] == "val"]
@@ -229,8 +251,7 @@ def test_validation_scores_the_network_and_mertens(data_root, tmp_path):
 
 def test_lambda_zero_is_said_clearly(data_root, tmp_path):
     lines = []
-    train(tiny_config(data_root, tmp_path / "run", steps=1), progress=False,
-          report=lines.append)
+    train(tiny_config(data_root, tmp_path / "run", steps=1), progress=False, report=lines.append)
     assert any(line.startswith("λ = 0") and "loss.clip" in line for line in lines)
 
 
@@ -243,10 +264,13 @@ def test_clip_loss_is_used_when_clip_and_prompts_are_given(data_root, tmp_path, 
 
     clip_path = tmp_path / "clip.safetensors"
     save_file({k: v.contiguous() for k, v in tiny_clip.state_dict().items()}, str(clip_path))
-    prompts = save_prompts(tmp_path / "p.safetensors", init_prompts(tiny_clip), tiny_clip,
-                           clip_fingerprint(tiny_clip))
-    config = replace(tiny_config(data_root, tmp_path / "run", steps=2),
-                     loss=LossConfig(clip_weight=0.5, clip=str(clip_path), prompts=str(prompts)))
+    prompts = save_prompts(
+        tmp_path / "p.safetensors", init_prompts(tiny_clip), tiny_clip, clip_fingerprint(tiny_clip)
+    )
+    config = replace(
+        tiny_config(data_root, tmp_path / "run", steps=2),
+        loss=LossConfig(clip_weight=0.5, clip=str(clip_path), prompts=str(prompts)),
+    )
     lines = []
     result = train(config, progress=False, report=lines.append)
     assert any(line.startswith("λ = 0.5") for line in lines)
@@ -259,12 +283,40 @@ def test_two_process_ddp_ends_with_identical_weights_equal_to_one_process(data_r
     single = replace(single, optim=replace(single.optim, batch_size=4))
     train(single, progress=False, report=lambda _: None)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", "-m", "textmef", "train", "--data.root", str(data_root),
-               "--data.crop", "16", "--data.val_fraction", "0", "--model.name", "textmef-tiny",
-               "--optim.batch_size", "2", "--optim.steps", "3", "--optim.milestones", "0.5",
-               "--run.out", str(tmp_path / "ddp"), "--run.seed", "3", "--run.save_every", "2",
-               "--run.log_every", "1", "--run.threads", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "textmef",
+        "train",
+        "--data.root",
+        str(data_root),
+        "--data.crop",
+        "16",
+        "--data.val_fraction",
+        "0",
+        "--model.name",
+        "textmef-tiny",
+        "--optim.batch_size",
+        "2",
+        "--optim.steps",
+        "3",
+        "--optim.milestones",
+        "0.5",
+        "--run.out",
+        str(tmp_path / "ddp"),
+        "--run.seed",
+        "3",
+        "--run.save_every",
+        "2",
+        "--run.log_every",
+        "1",
+        "--run.threads",
+        "1",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
@@ -279,9 +331,11 @@ def test_cli_train_runs_from_a_yaml_file_with_overrides(data_root, tmp_path):
     from textmef.cli import main
 
     path = tmp_path / "c.yaml"
-    path.write_text(f"data:\n  root: {data_root}\n  crop: 16\n  val_fraction: 0\nmodel:\n"
-                    f"  name: textmef-tiny\noptim:\n  batch_size: 2\n  steps: 5\n"
-                    f"run:\n  out: {tmp_path / 'run'}\n")
+    path.write_text(
+        f"data:\n  root: {data_root}\n  crop: 16\n  val_fraction: 0\nmodel:\n"
+        f"  name: textmef-tiny\noptim:\n  batch_size: 2\n  steps: 5\n"
+        f"run:\n  out: {tmp_path / 'run'}\n"
+    )
     assert main(["train", "--config", str(path), "--optim.steps", "2"]) == 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 2
 
@@ -304,6 +358,10 @@ def test_crops_are_exact_slices_of_the_read_images(data_root):
     under, _, gt = crops[4]
     sequence = triplets[crops.sequence_at(4)]
     full = torch.from_numpy(io.read_image(sequence.under).pixels).permute(2, 0, 1)
-    matches = [(t, left) for t in range(full.shape[1] - 15) for left in range(full.shape[2] - 15)
-               if torch.equal(full[:, t:t + 16, left:left + 16], under)]
+    matches = [
+        (t, left)
+        for t in range(full.shape[1] - 15)
+        for left in range(full.shape[2] - 15)
+        if torch.equal(full[:, t : t + 16, left : left + 16], under)
+    ]
     assert len(matches) == 1

@@ -25,8 +25,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("flask", reason="the web app needs Flask: pip install 'textmef[web]'")
-pytest.importorskip("waitress", reason="textmef serve needs waitress: pip install "
-                                       "'textmef[web]'")
+pytest.importorskip("waitress", reason="textmef serve needs waitress: pip install 'textmef[web]'")
 
 import torch  # noqa: E402
 from werkzeug.datastructures import FileStorage  # noqa: E402
@@ -89,14 +88,17 @@ def scene(size=SIZE, seed=0) -> np.ndarray:
     return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def write_stack(folder: Path, count: int, *, size=SIZE, bit_depth=8, suffix=".png",
-                names=None) -> list[Path]:
+def write_stack(
+    folder: Path, count: int, *, size=SIZE, bit_depth=8, suffix=".png", names=None
+) -> list[Path]:
     """``count`` exposures of one scene, darkest first, written with textmef.io."""
     folder.mkdir(parents=True, exist_ok=True)
     base = scene(size)
     names = names or [f"exposure{i}{suffix}" for i in range(count)]
-    return [io.write_image(folder / name, np.clip(base * level, 0, 1), bit_depth)
-            for name, level in zip(names, LEVELS[:count])]
+    return [
+        io.write_image(folder / name, np.clip(base * level, 0, 1), bit_depth)
+        for name, level in zip(names, LEVELS[:count])
+    ]
 
 
 def post(client, paths, names=None, **form):
@@ -106,11 +108,13 @@ def post(client, paths, names=None, **form):
     itself, which the test of where the server writes would then blame on the server.
     """
     names = names or [Path(p).name for p in paths]
-    files = [FileStorage(bytes_io.BytesIO(Path(p).read_bytes()), name)
-             for p, name in zip(paths, names)]
+    files = [
+        FileStorage(bytes_io.BytesIO(Path(p).read_bytes()), name) for p, name in zip(paths, names)
+    ]
     boundary, body = encode_multipart({**form, "files": files})
-    return client.post("/api/fuse", data=body,
-                       content_type=f"multipart/form-data; boundary={boundary}")
+    return client.post(
+        "/api/fuse", data=body, content_type=f"multipart/form-data; boundary={boundary}"
+    )
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -124,8 +128,17 @@ def test_page_and_its_assets_are_served(client):
     page = client.get("/")
     assert page.status_code == 200
     html = page.get_data(as_text=True)
-    for needle in ('type="file"', 'id="strategy"', 'id="align"', 'id="fuse"', 'id="compare"',
-                   'id="download"', 'role="alert"', "app.js", "app.css"):
+    for needle in (
+        'type="file"',
+        'id="strategy"',
+        'id="align"',
+        'id="fuse"',
+        'id="compare"',
+        'id="download"',
+        'role="alert"',
+        "app.js",
+        "app.css",
+    ):
         assert needle in html
     assert "http://" not in html and "https://" not in html  # offline: nothing from a CDN
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
@@ -136,8 +149,9 @@ def test_page_and_its_assets_are_served(client):
     assert client.get("/healthz").get_json()["status"] == "ok"
 
 
-@pytest.mark.parametrize(("count", "strategy"), [(2, "extremes"), (3, "extremes"),
-                                                 (3, "progressive")])
+@pytest.mark.parametrize(
+    ("count", "strategy"), [(2, "extremes"), (3, "extremes"), (3, "progressive")]
+)
 def test_fusing_returns_a_png_of_the_inputs_size(client, tmp_path, count, strategy):
     paths = write_stack(tmp_path / "in", count)
     shuffled = paths[1:] + paths[:1]  # upload order is not exposure order
@@ -148,8 +162,9 @@ def test_fusing_returns_a_png_of_the_inputs_size(client, tmp_path, count, strate
     names = [i["name"] for i in meta["inputs"]]
     assert names == [p.name for p in shuffled]
     assert [names[i] for i in meta["order"]] == [p.name for p in paths]
-    expected_used = meta["order"] if strategy == "progressive" else [meta["order"][0],
-                                                                     meta["order"][-1]]
+    expected_used = (
+        meta["order"] if strategy == "progressive" else [meta["order"][0], meta["order"][-1]]
+    )
     assert meta["used"] == expected_used and meta["motions"] is None
     assert meta["strategy"] == strategy and meta["filename"] == "fused.png"
 
@@ -171,8 +186,9 @@ def test_fusing_returns_a_png_of_the_inputs_size(client, tmp_path, count, strate
 @pytest.mark.parametrize("depths", [(16, 16), (8, 16)])
 def test_a_16_bit_input_gives_a_16_bit_png(client, tmp_path, depths):
     dark = write_stack(tmp_path / "a", 1, bit_depth=depths[0])[0]
-    bright = write_stack(tmp_path / "b", 2, bit_depth=depths[1],
-                         suffix=".tif" if depths[0] == 8 else ".png")[1]
+    bright = write_stack(
+        tmp_path / "b", 2, bit_depth=depths[1], suffix=".tif" if depths[0] == 8 else ".png"
+    )[1]
     response = post(client, [dark, bright])
     assert response.status_code == 200, response.get_json()
     meta = response.get_json()
@@ -209,8 +225,7 @@ def test_fewer_than_two_files_are_refused(client, tmp_path):
     assert response.status_code == 400 and "no files" in response.get_json()["error"]
 
 
-def test_an_image_over_the_pixel_cap_is_refused_from_its_header(make_client, tmp_path,
-                                                                monkeypatch):
+def test_an_image_over_the_pixel_cap_is_refused_from_its_header(make_client, tmp_path, monkeypatch):
     small = write_stack(tmp_path / "s", 1)[0]
     big = write_stack(tmp_path / "b", 2, size=(100, 150), names=["a.png", "big.png"])[1]
     decoded = []
@@ -222,12 +237,15 @@ def test_an_image_over_the_pixel_cap_is_refused_from_its_header(make_client, tmp
     assert decoded == []
 
 
-@pytest.mark.parametrize(("name", "payload", "expected"), [
-    ("notes.txt", b"hello", "notes.txt: unsupported file type (.txt)"),
-    ("noise.png", b"not an image at all", "noise.png: is not a PNG, TIFF or JPEG image"),
-    ("cut.png", None, "cut.png: is a damaged or truncated PNG file"),
-    ("empty.jpg", b"", "empty.jpg: is empty (0 bytes)"),
-])
+@pytest.mark.parametrize(
+    ("name", "payload", "expected"),
+    [
+        ("notes.txt", b"hello", "notes.txt: unsupported file type (.txt)"),
+        ("noise.png", b"not an image at all", "noise.png: is not a PNG, TIFF or JPEG image"),
+        ("cut.png", None, "cut.png: is a damaged or truncated PNG file"),
+        ("empty.jpg", b"", "empty.jpg: is empty (0 bytes)"),
+    ],
+)
 def test_unusable_files_are_refused_naming_them(client, tmp_path, name, payload, expected):
     good = write_stack(tmp_path, 2)
     bad = tmp_path / "bad"
@@ -243,16 +261,18 @@ def test_images_of_different_sizes_are_refused_with_user_names(client, temp_root
     response = post(client, [first, second])
     assert response.status_code == 422
     error = response.get_json()["error"]
-    assert error == ("small.png: is 80x60 but wide.png is 96x64; all frames of a stack must "
-                     "have one size")
+    assert error == (
+        "small.png: is 80x60 but wide.png is 96x64; all frames of a stack must have one size"
+    )
     assert str(temp_root) not in error
 
 
 def test_bad_options_are_refused(client, tmp_path):
     paths = write_stack(tmp_path, 2)
     response = post(client, paths, strategy="average")
-    assert response.status_code == 400 and "unknown strategy 'average'" in response.get_json()[
-        "error"]
+    assert (
+        response.status_code == 400 and "unknown strategy 'average'" in response.get_json()["error"]
+    )
     response = post(client, paths, align="maybe")
     assert response.status_code == 400 and "align must be 1 or 0" in response.get_json()["error"]
 
@@ -268,7 +288,7 @@ def test_align_without_the_module_is_a_clear_error(client, tmp_path, monkeypatch
 
 def align_checkbox(html: str) -> str:
     start = html.index('<input id="align"')
-    return html[start:html.index(">", start)]
+    return html[start : html.index(">", start)]
 
 
 def fake_align_module(fail: bool = False) -> types.ModuleType:
@@ -279,8 +299,10 @@ def fake_align_module(fail: bool = False) -> types.ModuleType:
     def align_frames(frames, reference_index=0):
         if fail:
             raise InputError(None, "could not align the frames: too little texture")
-        motions = [SimpleNamespace(describe=lambda rank=rank: f"frame {rank}: shift 0,0")
-                   for rank in range(len(frames))]
+        motions = [
+            SimpleNamespace(describe=lambda rank=rank: f"frame {rank}: shift 0,0")
+            for rank in range(len(frames))
+        ]
         return SimpleNamespace(frames=[f[2:-2, 2:-2] for f in frames], motions=motions)
 
     module.align_frames = align_frames
@@ -305,8 +327,12 @@ def test_align_uses_textmef_align_when_it_is_installed(client, tmp_path, monkeyp
 
 
 def test_unknown_results_are_404_json(client):
-    for url in ("/api/result/nope", "/api/result/nope/fused.png", "/api/result/nope/preview.jpg",
-                "/api/elsewhere"):
+    for url in (
+        "/api/result/nope",
+        "/api/result/nope/fused.png",
+        "/api/result/nope/preview.jpg",
+        "/api/elsewhere",
+    ):
         response = client.get(url)
         assert response.status_code == 404 and "error" in response.get_json()
 
@@ -357,14 +383,15 @@ class WriteRecorder:
         if not isinstance(path, (str, bytes, os.PathLike)):
             return  # an already open descriptor
         writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-            isinstance(flags, int)
-            and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND))
+            isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND)
+        )
         if writes:
             self.paths.append(os.fsdecode(path))
 
 
 def test_a_request_writes_only_inside_the_temp_root_and_leaves_nothing(
-        client, temp_root, tmp_path, monkeypatch):
+    client, temp_root, tmp_path, monkeypatch
+):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
@@ -372,16 +399,19 @@ def test_a_request_writes_only_inside_the_temp_root_and_leaves_nothing(
     # is spooled to disk.
     noise = np.random.default_rng(1).random((300, 320, 3), dtype=np.float32)
     (tmp_path / "in").mkdir()
-    paths = [io.write_image(tmp_path / "in" / f"exposure{i}.png", noise * level, 16)
-             for i, level in enumerate((0.2, 1.0))]
+    paths = [
+        io.write_image(tmp_path / "in" / f"exposure{i}.png", noise * level, 16)
+        for i, level in enumerate((0.2, 1.0))
+    ]
     assert min(p.stat().st_size for p in paths) > 520 * 1024
     post(client, write_stack(tmp_path / "warm", 2))  # first runs may write caches, not ours
     recorder = WriteRecorder.get()
     recorder.paths = []
     try:
         response = post(client, paths, strategy="extremes")
-        failed = post(client, [paths[0], tmp_path / "in" / "exposure1.png"],
-                      names=["a.png", "b.bmp"])
+        failed = post(
+            client, [paths[0], tmp_path / "in" / "exposure1.png"], names=["a.png", "b.bmp"]
+        )
     finally:
         written, recorder.paths = recorder.paths, None
     assert response.status_code == 200, response.get_json()
@@ -421,8 +451,7 @@ def test_serve_builds_the_app_without_serving(monkeypatch, capsys):
         assert seen["tempdir"].is_dir() and seen["tempdir"].name.startswith("textmef-serve-")
 
     monkeypatch.setattr(web_cli, "serve_forever", fake_serve)
-    args = serve_parser().parse_args(["serve", "--port", "0", "--threads", "1",
-                                      "--max-files", "4"])
+    args = serve_parser().parse_args(["serve", "--port", "0", "--threads", "1", "--max-files", "4"])
     assert web_cli._cmd_serve(args) == 0
     server = seen["server"]
     assert server.host == "127.0.0.1" and server.port > 0
@@ -480,7 +509,11 @@ def test_sigterm_stops_the_server_and_removes_its_temp_root(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-c", SERVE_SCRIPT, "serve", "--port", "0", "--threads", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         ready, _, _ = select.select([process.stdout], [], [], 60)
         line = process.stdout.readline() if ready else ""

@@ -22,8 +22,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("flask", reason="the web app needs Flask: pip install 'textmef[web]'")
-pytest.importorskip("waitress", reason="textmef serve needs waitress: pip install "
-                                       "'textmef[web]'")
+pytest.importorskip("waitress", reason="textmef serve needs waitress: pip install 'textmef[web]'")
 pytest.importorskip("selenium", reason="the browser test needs selenium: pip install selenium")
 
 from selenium import webdriver  # noqa: E402
@@ -46,8 +45,10 @@ WAIT_S = 20
 
 for _program, _package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
     if not os.access(_program, os.X_OK):
-        pytest.skip(f"{_program} not found: apt-get install -y --no-install-recommends "
-                    f"{_package}", allow_module_level=True)
+        pytest.skip(
+            f"{_program} not found: apt-get install -y --no-install-recommends {_package}",
+            allow_module_level=True,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +77,20 @@ def server(tmp_path_factory):
 def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=1280,900", "--force-device-scale-factor=1",
-                 "--hide-scrollbars", "--no-first-run", "--disable-extensions",
-                 "--disable-background-networking"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        "--force-device-scale-factor=1",
+        "--hide-scrollbars",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+    ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)),
-                              options=options)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(WAIT_S)
     yield driver
     driver.quit()
@@ -143,9 +151,15 @@ def test_fuse_compare_and_download_in_chromium(server, browser, photos, tmp_path
     fuse.click()
     wait(browser, lambda d: d.find_element(By.ID, "result").is_displayed(), "no result shown")
     for image_id in ("fused-img", "input-img"):
-        wait(browser, lambda d, i=image_id: d.execute_script(
-            "const im = document.getElementById(arguments[0]);"
-            "return im.complete && im.naturalWidth > 0;", i), f"{image_id} did not load")
+        wait(
+            browser,
+            lambda d, i=image_id: d.execute_script(
+                "const im = document.getElementById(arguments[0]);"
+                "return im.complete && im.naturalWidth > 0;",
+                i,
+            ),
+            f"{image_id} did not load",
+        )
     assert error_text(browser) == ""
     names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#thumbs .name")]
     assert names == ["under.png", "over.png"]
@@ -160,8 +174,9 @@ def test_fuse_compare_and_download_in_chromium(server, browser, photos, tmp_path
     assert clip_of_input(browser).startswith("inset(0px 0px 0px 0")
     stage = browser.find_element(By.ID, "stage")
     width = stage.size["width"]
-    ActionChains(browser).move_to_element_with_offset(stage, -width // 2 + 2, 0) \
-        .click_and_hold().move_by_offset(int(width * 0.6), 0).release().perform()
+    ActionChains(browser).move_to_element_with_offset(
+        stage, -width // 2 + 2, 0
+    ).click_and_hold().move_by_offset(int(width * 0.6), 0).release().perform()
     value = int(slider.get_property("value"))
     assert 55 <= value <= 65, value
     assert f"{value}%" in clip_of_input(browser)
@@ -181,8 +196,11 @@ def test_fuse_compare_and_download_in_chromium(server, browser, photos, tmp_path
     slider.send_keys(Keys.HOME, *[Keys.ARROW_RIGHT] * 55)
     browser.execute_script("document.activeElement.blur()")
     fit_viewport_to_page(browser)
-    target = ROOT / "docs" / "webapp.png" if os.environ.get("TEXTMEF_SCREENSHOT") == "1" \
+    target = (
+        ROOT / "docs" / "webapp.png"
+        if os.environ.get("TEXTMEF_SCREENSHOT") == "1"
         else tmp_path / "webapp.png"
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(target))
     shot = cv2.imread(str(target))
@@ -191,7 +209,8 @@ def test_fuse_compare_and_download_in_chromium(server, browser, photos, tmp_path
 
 def clip_of_input(driver) -> str:
     return driver.execute_script(
-        "return getComputedStyle(document.getElementById('input-img')).clipPath;")
+        "return getComputedStyle(document.getElementById('input-img')).clipPath;"
+    )
 
 
 def fit_viewport_to_page(driver, width: int = 1280, most: int = 1600) -> None:
@@ -202,8 +221,10 @@ def fit_viewport_to_page(driver, width: int = 1280, most: int = 1600) -> None:
     """
     height = 900
     for _ in range(5):
-        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
         needed = int(driver.execute_script("return document.documentElement.scrollHeight"))
         if needed <= height or height >= most:
             return

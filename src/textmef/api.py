@@ -41,8 +41,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def load_model(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-               strict: bool = True) -> FusionNet:
+def load_model(
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    strict: bool = True,
+) -> FusionNet:
     """Load a fusion network in eval mode.
 
     Args:
@@ -56,8 +59,11 @@ def load_model(weights: str | os.PathLike | None = None, device: str | torch.dev
     if weights is None:
         weights = packaged_weights_path()
         if weights is None:
-            raise CheckpointError(None, "no checkpoint ships with this version of textmef yet; "
-                                        "pass weights (--weights PATH) to a .safetensors file")
+            raise CheckpointError(
+                None,
+                "no checkpoint ships with this version of textmef yet; "
+                "pass weights (--weights PATH) to a .safetensors file",
+            )
     model, _ = load_checkpoint(weights, strict=strict)
     return model.to(resolve_device(device))
 
@@ -74,17 +80,21 @@ def _as_tensor(image: ImageLike, name: str) -> tuple[torch.Tensor, dict]:
         if t.ndim == 3:
             t = t.unsqueeze(0)
         if t.ndim != 4 or t.shape[1] != 3:
-            raise InputError(None, f"{name} tensor must be (B,3,H,W) or (3,H,W), "
-                                   f"got {tuple(image.shape)}")
+            raise InputError(
+                None, f"{name} tensor must be (B,3,H,W) or (3,H,W), got {tuple(image.shape)}"
+            )
         return t, {"kind": "tensor", "batched": image.ndim == 4}
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise InputError(None, f"{name} array must be (H,W,3) RGB, got {image.shape}")
         scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(image.dtype, 1.0)
-        return io.to_tensor(image.astype(np.float32) / scale), {"kind": "array",
-                                                              "dtype": image.dtype}
-    raise InputError(None, f"{name} must be a path, numpy array or torch tensor, "
-                           f"got {type(image).__name__}")
+        return io.to_tensor(image.astype(np.float32) / scale), {
+            "kind": "array",
+            "dtype": image.dtype,
+        }
+    raise InputError(
+        None, f"{name} must be a path, numpy array or torch tensor, got {type(image).__name__}"
+    )
 
 
 def _restore(fused: torch.Tensor, how: dict):
@@ -102,9 +112,16 @@ def _restore(fused: torch.Tensor, how: dict):
     return pixels.astype(dtype if dtype.kind == "f" else np.float32)
 
 
-def fuse(under: ImageLike, over: ImageLike, *, model: FusionNet | None = None,
-         weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-         tile: int | None = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP):
+def fuse(
+    under: ImageLike,
+    over: ImageLike,
+    *,
+    model: FusionNet | None = None,
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    tile: int | None = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+):
     """Fuse an under- and an over-exposed image of the same scene.
 
     Args:
@@ -123,8 +140,9 @@ def fuse(under: ImageLike, over: ImageLike, *, model: FusionNet | None = None,
     u, how = _as_tensor(under, "under")
     o, _ = _as_tensor(over, "over")
     if u.shape != o.shape:
-        raise InputError(None, f"under and over differ in size: {tuple(u.shape[-2:])} vs "
-                               f"{tuple(o.shape[-2:])}")
+        raise InputError(
+            None, f"under and over differ in size: {tuple(u.shape[-2:])} vs {tuple(o.shape[-2:])}"
+        )
     if model is None:
         model = load_model(weights, device)
     dev = next(model.parameters()).device

@@ -40,16 +40,20 @@ class LoadReport:
 
     def summary(self, limit: int = 8) -> str:
         parts = []
-        for label, keys in (("missing", self.missing), ("unexpected", self.unexpected),
-                            ("shape-mismatched", self.mismatched)):
+        for label, keys in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("shape-mismatched", self.mismatched),
+        ):
             if keys:
                 shown = ", ".join(keys[:limit]) + (" ..." if len(keys) > limit else "")
                 parts.append(f"{len(keys)} {label} key(s): {shown}")
         return "; ".join(parts) or "all keys matched"
 
 
-def save_checkpoint(model: FusionNet, path: str | Path, extra: dict[str, str] | None = None
-                    ) -> Path:
+def save_checkpoint(
+    model: FusionNet, path: str | Path, extra: dict[str, str] | None = None
+) -> Path:
     """Write ``model`` to ``path`` atomically (temp file, then rename)."""
     path = Path(path)
     metadata = {"format": FORMAT, "config": json.dumps(model.config.to_dict())}
@@ -57,8 +61,9 @@ def save_checkpoint(model: FusionNet, path: str | Path, extra: dict[str, str] | 
     return save_safetensors_atomic(model.state_dict(), path, metadata)
 
 
-def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path,
-                            metadata: dict[str, str] | None = None) -> Path:
+def save_safetensors_atomic(
+    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> Path:
     """Write a safetensors file via a temp file in the same folder, then rename.
 
     A crash or a full disk therefore never leaves a partial file under ``path``.
@@ -83,8 +88,11 @@ def _open(path: Path):
     if path.is_dir():
         raise CheckpointError(path, "is a directory, expected a .safetensors weights file")
     if path.suffix.lower() in _PICKLE_SUFFIXES:
-        raise CheckpointError(path, "pickled checkpoints are refused (loading them can run "
-                                    "arbitrary code); convert the weights to .safetensors")
+        raise CheckpointError(
+            path,
+            "pickled checkpoints are refused (loading them can run "
+            "arbitrary code); convert the weights to .safetensors",
+        )
     try:
         return safe_open(str(path), framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:

@@ -36,35 +36,69 @@ def build_parser() -> argparse.ArgumentParser:
 
     from textmef.stack import DEFAULT_STRATEGY, STRATEGIES
 
-    fuse = sub.add_parser("fuse", help="fuse exposures of one scene (or folders of pairs)",
-                          description="Fuse two or more exposures of one scene into OUT (they are "
-                                      "sorted by exposure first), or every pair of files with "
-                                      "the same stem in --under DIR and --over DIR into -o DIR.")
-    fuse.add_argument("images", nargs="*", metavar="IMAGE",
-                      help="two or more exposures of one scene, in any order")
+    fuse = sub.add_parser(
+        "fuse",
+        help="fuse exposures of one scene (or folders of pairs)",
+        description="Fuse two or more exposures of one scene into OUT (they are "
+        "sorted by exposure first), or every pair of files with "
+        "the same stem in --under DIR and --over DIR into -o DIR.",
+    )
+    fuse.add_argument(
+        "images",
+        nargs="*",
+        metavar="IMAGE",
+        help="two or more exposures of one scene, in any order",
+    )
     fuse.add_argument("--under", type=Path, metavar="DIR", help="folder of under-exposed images")
     fuse.add_argument("--over", type=Path, metavar="DIR", help="folder of over-exposed images")
-    fuse.add_argument("-o", "--output", type=Path, required=True,
-                      help="output file (single pair) or folder (folder mode)")
-    fuse.add_argument("--weights", type=Path, help="a .safetensors checkpoint "
-                                                   "(default: the packaged one)")
-    fuse.add_argument("--tile", type=_non_negative, default=DEFAULT_TILE,
-                      help=f"tile side in pixels, 0 = whole image at once (default {DEFAULT_TILE})")
-    fuse.add_argument("--overlap", type=_non_negative, default=DEFAULT_OVERLAP,
-                      help=f"overlap between tiles in pixels (default {DEFAULT_OVERLAP})")
+    fuse.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output file (single pair) or folder (folder mode)",
+    )
+    fuse.add_argument(
+        "--weights", type=Path, help="a .safetensors checkpoint (default: the packaged one)"
+    )
+    fuse.add_argument(
+        "--tile",
+        type=_non_negative,
+        default=DEFAULT_TILE,
+        help=f"tile side in pixels, 0 = whole image at once (default {DEFAULT_TILE})",
+    )
+    fuse.add_argument(
+        "--overlap",
+        type=_non_negative,
+        default=DEFAULT_OVERLAP,
+        help=f"overlap between tiles in pixels (default {DEFAULT_OVERLAP})",
+    )
     fuse.add_argument("--threads", type=_positive, help="CPU threads (default: all cores)")
     fuse.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    fuse.add_argument("--skip-existing", action="store_true",
-                      help="folder mode: skip pairs whose output already exists")
-    fuse.add_argument("--ext", default=None,
-                      help="folder mode: output suffix, e.g. png (default: the under image's)")
-    fuse.add_argument("--align", action="store_true",
-                      help="register the frames first (hand-held shots): translation by median "
-                           "threshold bitmaps, then ECC homography; crops to the common area")
-    fuse.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY,
-                      help="3+ frames: progressive = fuse darkest two, then the result with the "
-                           "next brighter, ...; extremes = darkest and brightest only "
-                           f"(default {DEFAULT_STRATEGY})")
+    fuse.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="folder mode: skip pairs whose output already exists",
+    )
+    fuse.add_argument(
+        "--ext",
+        default=None,
+        help="folder mode: output suffix, e.g. png (default: the under image's)",
+    )
+    fuse.add_argument(
+        "--align",
+        action="store_true",
+        help="register the frames first (hand-held shots): translation by median "
+        "threshold bitmaps, then ECC homography; crops to the common area",
+    )
+    fuse.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default=DEFAULT_STRATEGY,
+        help="3+ frames: progressive = fuse darkest two, then the result with the "
+        "next brighter, ...; extremes = darkest and brightest only "
+        f"(default {DEFAULT_STRATEGY})",
+    )
     fuse.set_defaults(run=_cmd_fuse)
 
     _add_train_prompt(sub)
@@ -83,13 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_clip_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--clip", type=Path, metavar="FILE",
-                        help="CLIP weights: OpenAI's ViT-B-32.pt, an open_clip checkpoint or a "
-                             "Hugging Face CLIPModel model.safetensors (default: $TEXTMEF_CLIP, "
-                             "else the downloaded copy in the cache)")
-    parser.add_argument("--clip-download", action="store_true",
-                        help="when no CLIP file is given, download OpenAI's ViT-B-32.pt into "
-                             "the cache (sha256-verified; needs internet)")
+    parser.add_argument(
+        "--clip",
+        type=Path,
+        metavar="FILE",
+        help="CLIP weights: OpenAI's ViT-B-32.pt, an open_clip checkpoint or a "
+        "Hugging Face CLIPModel model.safetensors (default: $TEXTMEF_CLIP, "
+        "else the downloaded copy in the cache)",
+    )
+    parser.add_argument(
+        "--clip-download",
+        action="store_true",
+        help="when no CLIP file is given, download OpenAI's ViT-B-32.pt into "
+        "the cache (sha256-verified; needs internet)",
+    )
 
 
 def _add_train_prompt(sub) -> None:
@@ -98,42 +139,70 @@ def _add_train_prompt(sub) -> None:
 
     d = PromptTrainingConfig()
     p = sub.add_parser(
-        "train-prompt", help="stage 1: learn the over/under/well-exposed prompts",
+        "train-prompt",
+        help="stage 1: learn the over/under/well-exposed prompts",
         description="Learn the exposure prompts through a frozen CLIP from folders of "
-                    "under-exposed, over-exposed and well-exposed (reference or pseudo-"
-                    "reference) images. Defaults are the paper's recipe.")
-    p.add_argument("--under", type=Path, required=True, metavar="DIR",
-                   help="under-exposed images")
-    p.add_argument("--over", type=Path, required=True, metavar="DIR",
-                   help="over-exposed images")
-    p.add_argument("--well", type=Path, required=True, metavar="DIR",
-                   help="well-exposed images (references or pseudo references)")
-    p.add_argument("-o", "--output", type=Path, required=True,
-                   help="prompts file to write (.safetensors)")
+        "under-exposed, over-exposed and well-exposed (reference or pseudo-"
+        "reference) images. Defaults are the paper's recipe.",
+    )
+    p.add_argument("--under", type=Path, required=True, metavar="DIR", help="under-exposed images")
+    p.add_argument("--over", type=Path, required=True, metavar="DIR", help="over-exposed images")
+    p.add_argument(
+        "--well",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="well-exposed images (references or pseudo references)",
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, help="prompts file to write (.safetensors)"
+    )
     _add_clip_options(p)
-    p.add_argument("--mode", choices=PROMPT_MODES, default=d.mode,
-                   help="learned: three learnable prompts (paper); pos-neg: one learnable "
-                        "negative + one positive; fixed: handcrafted texts (default learned)")
-    p.add_argument("--texts", nargs=3, metavar=("OVER", "UNDER", "WELL"),
-                   help="handcrafted texts for --mode fixed")
-    p.add_argument("--length", type=_positive, default=d.length,
-                   help=f"tokens per learnable prompt (default {d.length})")
-    p.add_argument("--epochs", type=_non_negative, default=d.epochs,
-                   help=f"default {d.epochs}")
-    p.add_argument("--batch-size", type=_positive, default=d.batch_size,
-                   help=f"default {d.batch_size}")
+    p.add_argument(
+        "--mode",
+        choices=PROMPT_MODES,
+        default=d.mode,
+        help="learned: three learnable prompts (paper); pos-neg: one learnable "
+        "negative + one positive; fixed: handcrafted texts (default learned)",
+    )
+    p.add_argument(
+        "--texts",
+        nargs=3,
+        metavar=("OVER", "UNDER", "WELL"),
+        help="handcrafted texts for --mode fixed",
+    )
+    p.add_argument(
+        "--length",
+        type=_positive,
+        default=d.length,
+        help=f"tokens per learnable prompt (default {d.length})",
+    )
+    p.add_argument("--epochs", type=_non_negative, default=d.epochs, help=f"default {d.epochs}")
+    p.add_argument(
+        "--batch-size", type=_positive, default=d.batch_size, help=f"default {d.batch_size}"
+    )
     p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help=f"default {d.weight_decay}")
-    p.add_argument("--no-augment", action="store_true",
-                   help="no random flips/rotations (caches 1 feature per image instead of 8)")
-    p.add_argument("--holdout", type=float, default=d.holdout,
-                   help=f"fraction of each folder held out for the accuracy report "
-                        f"(default {d.holdout})")
+    p.add_argument(
+        "--weight-decay", type=float, default=d.weight_decay, help=f"default {d.weight_decay}"
+    )
+    p.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="no random flips/rotations (caches 1 feature per image instead of 8)",
+    )
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=d.holdout,
+        help=f"fraction of each folder held out for the accuracy report (default {d.holdout})",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
-    p.add_argument("--run-dir", type=Path,
-                   help="folder for the resumable state and the feature cache "
-                        "(default: OUTPUT with .run instead of its suffix)")
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        help="folder for the resumable state and the feature cache "
+        "(default: OUTPUT with .run instead of its suffix)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=_positive, help="CPU threads (default: all cores)")
@@ -156,9 +225,12 @@ def _clip_path(args: argparse.Namespace) -> Path:
         return cached
     if args.clip_download:
         return download_clip(cache)
-    raise InputError(None, "no CLIP weights: pass --clip FILE (OpenAI's ViT-B-32.pt, an "
-                           "open_clip checkpoint or a Hugging Face model.safetensors), set "
-                           "TEXTMEF_CLIP, or add --clip-download to fetch ViT-B-32.pt")
+    raise InputError(
+        None,
+        "no CLIP weights: pass --clip FILE (OpenAI's ViT-B-32.pt, an "
+        "open_clip checkpoint or a Hugging Face model.safetensors), set "
+        "TEXTMEF_CLIP, or add --clip-download to fetch ViT-B-32.pt",
+    )
 
 
 def _cache_dir() -> Path:
@@ -186,19 +258,42 @@ def _cmd_train_prompt(args: argparse.Namespace) -> int:
         raise InputError(args.output.parent, "no such folder for the output")
     if args.threads:
         set_threads(args.threads)
-    folders = {"under": list_images(args.under), "over": list_images(args.over),
-               "well": list_images(args.well)}
+    folders = {
+        "under": list_images(args.under),
+        "over": list_images(args.over),
+        "well": list_images(args.well),
+    }
     config = PromptTrainingConfig(
-        mode=args.mode, length=args.length, texts=tuple(args.texts or ()), lr=args.lr,
-        weight_decay=args.weight_decay, batch_size=args.batch_size, epochs=args.epochs,
-        augment=not args.no_augment, holdout=args.holdout, seed=args.seed)
+        mode=args.mode,
+        length=args.length,
+        texts=tuple(args.texts or ()),
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        augment=not args.no_augment,
+        holdout=args.holdout,
+        seed=args.seed,
+    )
     clip_file = _clip_path(args)
     clip = load_clip(clip_file, device=resolve_device(args.device))
-    info = {"clip_file": clip_file.name, "clip_file_known_as": identify_clip_file(clip_file),
-            "data": {k: str(getattr(args, k)) for k in ("under", "over", "well")}}
+    info = {
+        "clip_file": clip_file.name,
+        "clip_file_known_as": identify_clip_file(clip_file),
+        "data": {k: str(getattr(args, k)) for k in ("under", "over", "well")},
+    }
     run_dir = args.run_dir or args.output.with_suffix(".run")
-    result = train_prompts(clip, clip_fingerprint(clip), folders, config, args.output, run_dir,
-                           resume=args.resume, report=tqdm.write, info=info)
+    result = train_prompts(
+        clip,
+        clip_fingerprint(clip),
+        folders,
+        config,
+        args.output,
+        run_dir,
+        resume=args.resume,
+        report=tqdm.write,
+        info=info,
+    )
     print(f"wrote {result.output} ({result.seconds:.1f} s)")
     return 0
 
@@ -207,15 +302,21 @@ def _add_train(sub) -> None:
     from textmef.engine.config import add_override_flags
 
     p = sub.add_parser(
-        "train", help="stage 2: train the fusion network (MSE + λ·L_clip)",
+        "train",
+        help="stage 2: train the fusion network (MSE + λ·L_clip)",
         description="Train the fusion network from a YAML config; every field can be "
-                    "overridden as --section.field VALUE. Under torchrun, each process "
-                    "trains its share of every batch (DDP).")
-    p.add_argument("--config", type=Path, help="YAML file with data/model/optim/loss/run "
-                                               "sections (default: the built-in defaults)")
+        "overridden as --section.field VALUE. Under torchrun, each process "
+        "trains its share of every batch (DDP).",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="YAML file with data/model/optim/loss/run sections (default: the built-in defaults)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in run.out")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config as YAML and exit")
+    p.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as YAML and exit"
+    )
     add_override_flags(p)
     p.set_defaults(run=_cmd_train)
 
@@ -245,34 +346,68 @@ def _add_make_pairs(sub) -> None:
 
     d = PairOptions()
     p = sub.add_parser(
-        "make-pairs", help="turn folders of exposure brackets into training triplets",
+        "make-pairs",
+        help="turn folders of exposure brackets into training triplets",
         description="Find every folder under STACKS_DIR that directly holds two or more "
-                    "images of one size (an exposure stack) and write its under- and "
-                    "over-exposed frame and a pseudo reference fused from the whole stack "
-                    "to DATA_DIR/under, DATA_DIR/over and DATA_DIR/gt (NAME.png each, NAME = "
-                    "the stack's path with / turned into _), plus DATA_DIR/manifest.json.")
-    p.add_argument("stacks", type=Path, metavar="STACKS_DIR",
-                   help="folder searched recursively for exposure stacks")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="DATA_DIR",
-                   help="output folder (created)")
-    p.add_argument("--pick", choices=PICK_MODES, default=d.pick,
-                   help="extremes: the darkest and the brightest frame; ev-gap: the pair "
-                        "closest to --ev-gap stops apart, centred on the stack "
-                        f"(default {d.pick})")
-    p.add_argument("--ev-gap", type=float, metavar="G",
-                   help=f"stops between the pair for --pick ev-gap (default {d.ev_gap})")
-    p.add_argument("--reference", choices=REFERENCE_METHODS, default=d.reference,
-                   help="mertens: Mertens fusion of all frames; hdr: Debevec HDR merge, "
-                        "Drago tone mapping; best: both, keep the higher MEF-SSIM against "
-                        f"the stack (default {d.reference})")
-    p.add_argument("--max-side", type=_positive, metavar="N",
-                   help="downsize (area filter) so no side exceeds N pixels, before "
-                        "anything else (default: keep the size)")
-    p.add_argument("--skip-existing", action="store_true",
-                   help="keep stacks whose outputs and manifest entry an earlier run wrote")
-    p.add_argument("--align", action="store_true",
-                   help="register every frame to the middle exposure first (hand-held "
-                        "brackets) and crop to the common area; motions go to the manifest")
+        "images of one size (an exposure stack) and write its under- and "
+        "over-exposed frame and a pseudo reference fused from the whole stack "
+        "to DATA_DIR/under, DATA_DIR/over and DATA_DIR/gt (NAME.png each, NAME = "
+        "the stack's path with / turned into _), plus DATA_DIR/manifest.json.",
+    )
+    p.add_argument(
+        "stacks",
+        type=Path,
+        metavar="STACKS_DIR",
+        help="folder searched recursively for exposure stacks",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="DATA_DIR",
+        help="output folder (created)",
+    )
+    p.add_argument(
+        "--pick",
+        choices=PICK_MODES,
+        default=d.pick,
+        help="extremes: the darkest and the brightest frame; ev-gap: the pair "
+        "closest to --ev-gap stops apart, centred on the stack "
+        f"(default {d.pick})",
+    )
+    p.add_argument(
+        "--ev-gap",
+        type=float,
+        metavar="G",
+        help=f"stops between the pair for --pick ev-gap (default {d.ev_gap})",
+    )
+    p.add_argument(
+        "--reference",
+        choices=REFERENCE_METHODS,
+        default=d.reference,
+        help="mertens: Mertens fusion of all frames; hdr: Debevec HDR merge, "
+        "Drago tone mapping; best: both, keep the higher MEF-SSIM against "
+        f"the stack (default {d.reference})",
+    )
+    p.add_argument(
+        "--max-side",
+        type=_positive,
+        metavar="N",
+        help="downsize (area filter) so no side exceeds N pixels, before "
+        "anything else (default: keep the size)",
+    )
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="keep stacks whose outputs and manifest entry an earlier run wrote",
+    )
+    p.add_argument(
+        "--align",
+        action="store_true",
+        help="register every frame to the middle exposure first (hand-held "
+        "brackets) and crop to the common area; motions go to the manifest",
+    )
     p.set_defaults(run=_cmd_make_pairs)
 
 
@@ -287,22 +422,31 @@ def _cmd_make_pairs(args: argparse.Namespace) -> int:
     if args.ev_gap is not None and args.pick != "ev-gap":
         raise InputError(None, "--ev-gap is only used with --pick ev-gap")
     options = PairOptions(
-        pick=args.pick, ev_gap=PairOptions.ev_gap if args.ev_gap is None else args.ev_gap,
-        reference=args.reference, max_side=args.max_side, skip_existing=args.skip_existing,
-        align=args.align)
+        pick=args.pick,
+        ev_gap=PairOptions.ev_gap if args.ev_gap is None else args.ev_gap,
+        reference=args.reference,
+        max_side=args.max_side,
+        skip_existing=args.skip_existing,
+        align=args.align,
+    )
     start = time.perf_counter()
     with logging_redirect_tqdm():  # warnings about skipped folders print above the bar
         manifest = make_pairs(args.stacks, args.output, options, progress=True)
     made, skipped = manifest["stacks"], manifest["skipped"]
     if not made:
-        raise InputError(args.stacks, "holds no usable exposure stack (a folder with two or "
-                                      "more images of one size); see "
-                                      f"{args.output / MANIFEST_NAME}")
+        raise InputError(
+            args.stacks,
+            "holds no usable exposure stack (a folder with two or "
+            "more images of one size); see "
+            f"{args.output / MANIFEST_NAME}",
+        )
     wins = Counter(entry["reference"]["chosen"] for entry in made)
-    print(f"wrote {len(made)} triplet(s) to {args.output} in "
-          f"{time.perf_counter() - start:.1f} s; references: "
-          + ", ".join(f"{name} {count}" for name, count in sorted(wins.items()))
-          + (f"; {len(skipped)} folder(s) skipped (see {MANIFEST_NAME})" if skipped else ""))
+    print(
+        f"wrote {len(made)} triplet(s) to {args.output} in "
+        f"{time.perf_counter() - start:.1f} s; references: "
+        + ", ".join(f"{name} {count}" for name, count in sorted(wins.items()))
+        + (f"; {len(skipped)} folder(s) skipped (see {MANIFEST_NAME})" if skipped else "")
+    )
     return 0
 
 
@@ -317,23 +461,29 @@ def _add_eval(sub) -> None:
     from textmef.bench.scoring import METRICS
 
     p = sub.add_parser(
-        "eval", help="score fused images against their sources (and references)",
+        "eval",
+        help="score fused images against their sources (and references)",
         description="Score every image in FUSED_DIR (named like its source pair: NAME.png or "
-                    "NAME_<method>.png) against --under/--over (and --gt). Writes a per-image "
-                    "CSV (eval.csv) and a Markdown summary (summary.md, mean ± std per metric) "
-                    "to -o DIR.")
+        "NAME_<method>.png) against --under/--over (and --gt). Writes a per-image "
+        "CSV (eval.csv) and a Markdown summary (summary.md, mean ± std per metric) "
+        "to -o DIR.",
+    )
     p.add_argument("fused", type=Path, metavar="FUSED_DIR", help="folder of fused images")
-    p.add_argument("--under", type=Path, required=True, metavar="DIR",
-                   help="under-exposed sources")
-    p.add_argument("--over", type=Path, required=True, metavar="DIR",
-                   help="over-exposed sources")
-    p.add_argument("--gt", type=Path, metavar="DIR",
-                   help="reference images (enables PSNR, SSIM, TMQI)")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
-                   help="report folder (created)")
-    p.add_argument("--metrics", type=_csv_list,
-                   help="comma-separated subset of " + ",".join(s.name for s in METRICS)
-                        + " (default: all that apply)")
+    p.add_argument("--under", type=Path, required=True, metavar="DIR", help="under-exposed sources")
+    p.add_argument("--over", type=Path, required=True, metavar="DIR", help="over-exposed sources")
+    p.add_argument(
+        "--gt", type=Path, metavar="DIR", help="reference images (enables PSNR, SSIM, TMQI)"
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="DIR", help="report folder (created)"
+    )
+    p.add_argument(
+        "--metrics",
+        type=_csv_list,
+        help="comma-separated subset of "
+        + ",".join(s.name for s in METRICS)
+        + " (default: all that apply)",
+    )
     p.add_argument("--label", help="method name in the reports (default: FUSED_DIR's name)")
     p.add_argument("--threads", type=_positive, help="CPU threads (default: all cores)")
     p.set_defaults(run=_cmd_eval)
@@ -346,11 +496,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.threads:
         set_threads(args.threads)
-    result = run_eval(args.fused, args.under, args.over, args.output, gt_dir=args.gt,
-                      metrics=args.metrics, label=args.label, progress=_progress)
+    result = run_eval(
+        args.fused,
+        args.under,
+        args.over,
+        args.output,
+        gt_dir=args.gt,
+        metrics=args.metrics,
+        label=args.label,
+        progress=_progress,
+    )
     print(summary_markdown(result.summary, result.columns), end="")
-    print(f"scored {len(result.rows)} image(s); wrote {args.output / 'eval.csv'} and "
-          f"{args.output / 'summary.md'}")
+    print(
+        f"scored {len(result.rows)} image(s); wrote {args.output / 'eval.csv'} and "
+        f"{args.output / 'summary.md'}"
+    )
     return 0
 
 
@@ -359,41 +519,77 @@ def _add_bench(sub) -> None:
     from textmef.bench.runner import SPLITS
 
     p = sub.add_parser(
-        "bench", help="run several fusion methods on a dataset, time and score them",
+        "bench",
+        help="run several fusion methods on a dataset, time and score them",
         description="Fuse every scene of DATA_DIR (under/ over/ [gt/], e.g. made by textmef "
-                    "make-pairs; or, with --stacks, a folder of exposure stacks) with each "
-                    "method, time and score them, and write a report "
-                    "folder: scores.csv, summary.md/.csv (best per column in bold), "
-                    "plots/, grids/ and index.html. Re-running reuses fused images and "
-                    "scores already in the folder.")
+        "make-pairs; or, with --stacks, a folder of exposure stacks) with each "
+        "method, time and score them, and write a report "
+        "folder: scores.csv, summary.md/.csv (best per column in bold), "
+        "plots/, grids/ and index.html. Re-running reuses fused images and "
+        "scores already in the folder.",
+    )
     p.add_argument("data", type=Path, metavar="DATA_DIR", help="triplet folder")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
-                   help="report folder (created; reused when it exists)")
-    p.add_argument("--methods", type=_csv_list, default=DEFAULT_METHODS,
-                   help=f"comma-separated, in report order, from {','.join(METHOD_NAMES)} "
-                        f"(default {','.join(DEFAULT_METHODS)}); methods that cannot run here "
-                        "are skipped with the reason")
-    p.add_argument("--stacks", action="store_true",
-                   help="DATA_DIR holds exposure stacks (folders of 2+ frames, as make-pairs "
-                        "reads them); every method fuses all frames of a stack")
-    p.add_argument("--references", type=Path, metavar="DIR",
-                   help="with --stacks: references named like make-pairs names the stacks "
-                        "(e.g. its gt/ folder); enables PSNR, SSIM, TMQI")
-    p.add_argument("--split", choices=SPLITS, default="all",
-                   help="all scenes, or the train/val part of training's fixed split by name "
-                        "hash (default all)")
-    p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="held-out fraction of that split, as data.val_fraction in training "
-                        "(default 0.1)")
-    p.add_argument("--metrics", type=_csv_list, help="comma-separated subset (default: all "
-                                                     "that apply)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="report folder (created; reused when it exists)",
+    )
+    p.add_argument(
+        "--methods",
+        type=_csv_list,
+        default=DEFAULT_METHODS,
+        help=f"comma-separated, in report order, from {','.join(METHOD_NAMES)} "
+        f"(default {','.join(DEFAULT_METHODS)}); methods that cannot run here "
+        "are skipped with the reason",
+    )
+    p.add_argument(
+        "--stacks",
+        action="store_true",
+        help="DATA_DIR holds exposure stacks (folders of 2+ frames, as make-pairs "
+        "reads them); every method fuses all frames of a stack",
+    )
+    p.add_argument(
+        "--references",
+        type=Path,
+        metavar="DIR",
+        help="with --stacks: references named like make-pairs names the stacks "
+        "(e.g. its gt/ folder); enables PSNR, SSIM, TMQI",
+    )
+    p.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="all",
+        help="all scenes, or the train/val part of training's fixed split by name "
+        "hash (default all)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="held-out fraction of that split, as data.val_fraction in training (default 0.1)",
+    )
+    p.add_argument(
+        "--metrics", type=_csv_list, help="comma-separated subset (default: all that apply)"
+    )
     p.add_argument("--limit", type=_positive, help="only the first N scenes")
-    p.add_argument("--weights", type=Path, help="checkpoint for the textmef method "
-                                                "(default: the packaged one)")
-    p.add_argument("--tile", type=_non_negative, default=DEFAULT_TILE,
-                   help=f"network tile side, 0 = whole image (default {DEFAULT_TILE})")
-    p.add_argument("--overlap", type=_non_negative, default=DEFAULT_OVERLAP,
-                   help=f"tile overlap (default {DEFAULT_OVERLAP})")
+    p.add_argument(
+        "--weights", type=Path, help="checkpoint for the textmef method (default: the packaged one)"
+    )
+    p.add_argument(
+        "--tile",
+        type=_non_negative,
+        default=DEFAULT_TILE,
+        help=f"network tile side, 0 = whole image (default {DEFAULT_TILE})",
+    )
+    p.add_argument(
+        "--overlap",
+        type=_non_negative,
+        default=DEFAULT_OVERLAP,
+        help=f"tile overlap (default {DEFAULT_OVERLAP})",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda for the network (default cpu)")
     p.add_argument("--threads", type=_positive, help="CPU threads (default: all cores)")
     p.set_defaults(run=_cmd_bench)
@@ -409,12 +605,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         set_threads(args.threads)
     if args.tile and args.tile <= args.overlap:
         raise InputError(None, f"--tile ({args.tile}) must exceed --overlap ({args.overlap})")
-    options = MethodOptions(weights=args.weights, device=str(resolve_device(args.device)),
-                            tile=args.tile or None, overlap=args.overlap)
-    config = BenchConfig(data=args.data, out=args.output, methods=tuple(args.methods),
-                         stacks=args.stacks, references=args.references, split=args.split,
-                         val_fraction=args.val_fraction, metrics=args.metrics, limit=args.limit,
-                         method_options=options)
+    options = MethodOptions(
+        weights=args.weights,
+        device=str(resolve_device(args.device)),
+        tile=args.tile or None,
+        overlap=args.overlap,
+    )
+    config = BenchConfig(
+        data=args.data,
+        out=args.output,
+        methods=tuple(args.methods),
+        stacks=args.stacks,
+        references=args.references,
+        split=args.split,
+        val_fraction=args.val_fraction,
+        metrics=args.metrics,
+        limit=args.limit,
+        method_options=options,
+    )
     result = run_bench(config, progress=_progress, log=lambda line: print(line, flush=True))
     print(summary_markdown(result.summary, result.columns), end="")
     print(f"report: {args.output / 'index.html'} (also summary.md, scores.csv, plots/, grids/)")
@@ -442,8 +650,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"parameters: {total:,}")
     for name, child in model.named_children():
         print(f"  {name:<18} {sum(p.numel() for p in child.parameters()):>10,}")
-    print(f"scan backends: numba={'yes' if numba_available() else 'no'}, torch=yes, "
-          f"mamba_ssm={'yes' if mamba_ssm_available() else 'no'}")
+    print(
+        f"scan backends: numba={'yes' if numba_available() else 'no'}, torch=yes, "
+        f"mamba_ssm={'yes' if mamba_ssm_available() else 'no'}"
+    )
     weights = packaged_weights_path()
     print(f"packaged weights: {weights if weights else 'none yet'}")
     return 0
@@ -461,8 +671,9 @@ def _pairs_from_folders(under_dir: Path, over_dir: Path) -> list[tuple[Path, Pat
         for p in sorted(folder.iterdir()):
             if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES:
                 if p.stem in files:
-                    raise InputError(p, f"two images share the stem {p.stem!r} "
-                                        f"({files[p.stem].name})")
+                    raise InputError(
+                        p, f"two images share the stem {p.stem!r} ({files[p.stem].name})"
+                    )
                 files[p.stem] = p
         return files
 
@@ -481,20 +692,27 @@ def _fuse_files(model, paths: Sequence[Path], out: Path, args: argparse.Namespac
     from textmef import io
     from textmef.stack import MISALIGNED_PX, fuse_stack
 
-    result = fuse_stack(paths, model, strategy=args.strategy, align=args.align,
-                        tile=args.tile, overlap=args.overlap)
+    result = fuse_stack(
+        paths, model, strategy=args.strategy, align=args.align, tile=args.tile, overlap=args.overlap
+    )
     if result.misalignment_px is not None and result.misalignment_px > MISALIGNED_PX:
         dark, bright = paths[result.order[0]].name, paths[result.order[-1]].name
-        log.warning("%s and %s look misaligned by about %.1f px (hand-held?); pass --align to "
-                    "register them first", dark, bright, result.misalignment_px)
+        log.warning(
+            "%s and %s look misaligned by about %.1f px (hand-held?); pass --align to "
+            "register them first",
+            dark,
+            bright,
+            result.misalignment_px,
+        )
     io.write_image(out, result.image, result.bit_depth)
     notes = []
     if len(paths) > 2 or result.order != list(range(len(paths))):
         names = [paths[i].name for i in result.order]
         notes.append("exposure order (" + result.ordering + "): " + " < ".join(names))
     if len(paths) > 2:
-        notes.append(f"strategy {args.strategy}: fused " + ", ".join(paths[i].name
-                                                                     for i in result.used))
+        notes.append(
+            f"strategy {args.strategy}: fused " + ", ".join(paths[i].name for i in result.used)
+        )
     if result.motions:
         notes += [f"{paths[i].name}: {result.motions[i]}" for i in result.order[1:]]
     return "; ".join(notes)
@@ -511,8 +729,9 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     if folder_mode and (args.under is None or args.over is None):
         raise InputError(None, "folder mode needs both --under DIR and --over DIR")
     if not folder_mode and len(args.images) < 2:
-        raise InputError(None, "expected two or more images: textmef fuse UNDER OVER [MORE...] "
-                               "-o OUT")
+        raise InputError(
+            None, "expected two or more images: textmef fuse UNDER OVER [MORE...] -o OUT"
+        )
     if args.tile and args.tile <= args.overlap:
         raise InputError(None, f"--tile ({args.tile}) must exceed --overlap ({args.overlap})")
     if args.threads:
@@ -546,8 +765,10 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         except InputError as exc:
             failures += 1
             tqdm.write(f"textmef: error: {exc}", file=sys.stderr)
-    print(f"fused {len(jobs) - failures} pair(s) into {args.output}"
-          + (f"; {failures} failed" if failures else ""))
+    print(
+        f"fused {len(jobs) - failures} pair(s) into {args.output}"
+        + (f"; {failures} failed" if failures else "")
+    )
     return 1 if failures else 0
 
 

@@ -27,8 +27,7 @@ def _starts(size: int, tile: int, step: int) -> list[int]:
     return starts
 
 
-def tile_grid(height: int, width: int, tile: int, overlap: int
-              ) -> Iterator[tuple[slice, slice]]:
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> Iterator[tuple[slice, slice]]:
     """Yield (rows, cols) slices of tiles covering the image.
 
     An image of at most ``tile * tile`` pixels is one tile whatever its shape (a 600x400
@@ -121,8 +120,10 @@ def fuse_tensors(
     weight = under.new_zeros(1, 1, height, width)
     for i, (rows, cols) in enumerate(tiles):
         out = model(under[..., rows, cols], over[..., rows, cols])
-        w = (_ramp(rows.stop - rows.start, rows.start, rows.stop, height, overlap)[:, None]
-             * _ramp(cols.stop - cols.start, cols.start, cols.stop, width, overlap)[None, :])
+        w = (
+            _ramp(rows.stop - rows.start, rows.start, rows.stop, height, overlap)[:, None]
+            * _ramp(cols.stop - cols.start, cols.start, cols.stop, width, overlap)[None, :]
+        )
         w = w.to(out)
         acc[..., rows, cols] += out * w
         weight[..., rows, cols] += w

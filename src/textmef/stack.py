@@ -29,8 +29,16 @@ from torch import nn
 from textmef import io
 from textmef.errors import InputError
 
-__all__ = ["DEFAULT_STRATEGY", "MISALIGNED_PX", "STRATEGIES", "StackFusion", "fuse_frames",
-           "fuse_stack", "load_frames", "order_frames"]
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "MISALIGNED_PX",
+    "STRATEGIES",
+    "StackFusion",
+    "fuse_frames",
+    "fuse_stack",
+    "load_frames",
+    "order_frames",
+]
 
 STRATEGIES = ("progressive", "extremes")
 DEFAULT_STRATEGY = "extremes"
@@ -79,16 +87,25 @@ def load_frames(paths: Sequence[str | os.PathLike[str]]):
     frames = []
     for path in map(Path, paths):
         image = io.read_image(path)
-        frames.append(Frame(path=path, pixels=image.pixels, bit_depth=image.bit_depth,
-                            exposure_time=read_exposure_time(path),
-                            mean_luminance=mean_luminance(image.pixels)))
+        frames.append(
+            Frame(
+                path=path,
+                pixels=image.pixels,
+                bit_depth=image.bit_depth,
+                exposure_time=read_exposure_time(path),
+                mean_luminance=mean_luminance(image.pixels),
+            )
+        )
     first = frames[0]
     for frame in frames[1:]:
         if frame.pixels.shape != first.pixels.shape:
             h, w = frame.pixels.shape[:2]
             h0, w0 = first.pixels.shape[:2]
-            raise InputError(frame.path, f"is {w}x{h} but {first.path.name} is {w0}x{h0}; "
-                                         "all frames of a stack must have one size")
+            raise InputError(
+                frame.path,
+                f"is {w}x{h} but {first.path.name} is {w0}x{h0}; "
+                "all frames of a stack must have one size",
+            )
     return frames
 
 
@@ -101,9 +118,12 @@ def order_frames(frames) -> tuple[list[int], str]:
     return [index[id(f)] for f in ordered], how
 
 
-def fuse_frames(frames: Sequence[torch.Tensor], fuse: PairFusion,
-                strategy: str = DEFAULT_STRATEGY,
-                on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+def fuse_frames(
+    frames: Sequence[torch.Tensor],
+    fuse: PairFusion,
+    strategy: str = DEFAULT_STRATEGY,
+    on_step: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
     """Fuse frames already sorted darkest first, with a two-input fusion ``fuse``.
 
     Args:
@@ -113,8 +133,9 @@ def fuse_frames(frames: Sequence[torch.Tensor], fuse: PairFusion,
         on_step: called as ``on_step(done, total)`` after each pass.
     """
     if strategy not in STRATEGIES:
-        raise InputError(None, f"unknown stack strategy {strategy!r}; use one of "
-                               f"{', '.join(STRATEGIES)}")
+        raise InputError(
+            None, f"unknown stack strategy {strategy!r}; use one of {', '.join(STRATEGIES)}"
+        )
     if len(frames) < 2:
         raise InputError(None, f"fusion needs at least 2 frames, got {len(frames)}")
     chain = [frames[0], frames[-1]] if strategy == "extremes" else list(frames)
@@ -126,10 +147,16 @@ def fuse_frames(frames: Sequence[torch.Tensor], fuse: PairFusion,
     return fused
 
 
-def fuse_stack(paths: Sequence[str | os.PathLike[str]], model: nn.Module, *,
-               strategy: str = DEFAULT_STRATEGY, align: bool = False,
-               tile: int | None = None, overlap: int | None = None,
-               on_step: Callable[[int, int], None] | None = None) -> StackFusion:
+def fuse_stack(
+    paths: Sequence[str | os.PathLike[str]],
+    model: nn.Module,
+    *,
+    strategy: str = DEFAULT_STRATEGY,
+    align: bool = False,
+    tile: int | None = None,
+    overlap: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> StackFusion:
     """Read, order, optionally align, and fuse a stack of N >= 2 exposures.
 
     Args:
@@ -171,12 +198,19 @@ def fuse_stack(paths: Sequence[str | os.PathLike[str]], model: nn.Module, *,
 
     @torch.no_grad()
     def pair(darker: torch.Tensor, brighter: torch.Tensor) -> torch.Tensor:
-        return fuse_tensors(model, darker.to(device), brighter.to(device), tile=tile,
-                            overlap=overlap).cpu()
+        return fuse_tensors(
+            model, darker.to(device), brighter.to(device), tile=tile, overlap=overlap
+        ).cpu()
 
     tensors = [io.to_tensor(p) for p in pixels]
     fused = fuse_frames(tensors, pair, strategy, on_step)
     used = [order[0], order[-1]] if strategy == "extremes" else list(order)
-    return StackFusion(image=io.from_tensor(fused), order=order, ordering=ordering, used=used,
-                       bit_depth=max(f.bit_depth for f in frames), motions=motions,
-                       misalignment_px=misalignment)
+    return StackFusion(
+        image=io.from_tensor(fused),
+        order=order,
+        ordering=ordering,
+        used=used,
+        bit_depth=max(f.bit_depth for f in frames),
+        motions=motions,
+        misalignment_px=misalignment,
+    )

@@ -73,8 +73,9 @@ def finish(fused: torch.Tensor, single: bool, device: torch.device) -> torch.Ten
 
     NaN becomes 0, as in :func:`textmef.io.write_image`, so a benchmark never scores NaN.
     """
-    fused = torch.nan_to_num(fused.to(device=device, dtype=torch.float32),
-                             nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
+    fused = torch.nan_to_num(
+        fused.to(device=device, dtype=torch.float32), nan=0.0, posinf=1.0, neginf=0.0
+    ).clamp_(0.0, 1.0)
     return fused.squeeze(0) if single else fused
 
 

@@ -81,8 +81,14 @@ def enfuse_version(binary: str | os.PathLike[str] | None = None) -> str | None:
     """The version enfuse reports, e.g. ``"4.2"``, or None if it is missing or will not say."""
     try:
         exe = find_enfuse(binary)
-        run = subprocess.run([exe, "--version"], capture_output=True, text=True,
-                             errors="replace", timeout=30, check=False)
+        run = subprocess.run(
+            [exe, "--version"],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=30,
+            check=False,
+        )
     except (EnfuseNotFoundError, OSError, subprocess.TimeoutExpired):
         return None
     # The first line reads "enfuse 4.2"; builds differ in what follows the number.
@@ -92,8 +98,13 @@ def enfuse_version(binary: str | os.PathLike[str] | None = None) -> str | None:
     return first[1]
 
 
-def enfuse_frames(frames: Sequence[np.ndarray], *, binary: str | os.PathLike[str] | None = None,
-           extra_args: Sequence[str] = (), timeout: float = DEFAULT_TIMEOUT) -> np.ndarray:
+def enfuse_frames(
+    frames: Sequence[np.ndarray],
+    *,
+    binary: str | os.PathLike[str] | None = None,
+    extra_args: Sequence[str] = (),
+    timeout: float = DEFAULT_TIMEOUT,
+) -> np.ndarray:
     """Fuse N >= 2 RGB frames (float32 HxWx3 in [0, 1], any order) with the enfuse program.
 
     The numpy, any-number-of-frames form of :func:`enfuse_fusion` (same options, same
@@ -189,8 +200,9 @@ class EnfuseFusion(nn.Module):
 
     def forward(self, under: torch.Tensor, over: torch.Tensor) -> torch.Tensor:
         """Fuse with enfuse; see :func:`enfuse_fusion`."""
-        return enfuse_fusion(under, over, binary=self.binary, extra_args=self.extra_args,
-                             timeout=self.timeout)
+        return enfuse_fusion(
+            under, over, binary=self.binary, extra_args=self.extra_args, timeout=self.timeout
+        )
 
     def extra_repr(self) -> str:
         """Show the settings in ``print(module)``."""
@@ -204,8 +216,9 @@ def _check_extra_args(extra_args: Sequence[str]) -> tuple[str, ...]:
     return tuple(str(arg) for arg in extra_args)
 
 
-def _run_enfuse(exe: str, args: tuple[str, ...], frames: Sequence[np.ndarray],
-                folder: Path, timeout: float) -> np.ndarray:
+def _run_enfuse(
+    exe: str, args: tuple[str, ...], frames: Sequence[np.ndarray], folder: Path, timeout: float
+) -> np.ndarray:
     paths = [folder / f"frame{i:02d}.tif" for i in range(len(frames))]
     out = folder / "fused.tif"
     out.unlink(missing_ok=True)  # a stale result from the previous image must not be read
@@ -214,15 +227,15 @@ def _run_enfuse(exe: str, args: tuple[str, ...], frames: Sequence[np.ndarray],
     # "--" ends the options, so a file name can never be taken for one.
     command = [exe, "--depth=16", *args, f"--output={out}", "--", *map(str, paths)]
     try:
-        run = subprocess.run(command, capture_output=True, text=True, errors="replace",
-                             timeout=timeout, check=False)
+        run = subprocess.run(
+            command, capture_output=True, text=True, errors="replace", timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired:
         raise EnfuseError(f"enfuse did not finish within {timeout:g} s") from None
     except OSError as exc:  # e.g. a file that is executable but not a program
         raise EnfuseError(f"could not run {exe}: {exc.strerror or exc}") from None
     if run.returncode != 0:
-        raise EnfuseError(f"enfuse failed (exit status {run.returncode}): "
-                          f"{_tail(run.stderr)}")
+        raise EnfuseError(f"enfuse failed (exit status {run.returncode}): {_tail(run.stderr)}")
     return _read_output(out, run.stderr)
 
 

@@ -41,8 +41,9 @@ PAPER_WEIGHTS = (1.0, 1.0, 1.0)
 OPENCV_DEFAULT_WEIGHTS = (1.0, 1.0, 0.0)
 
 
-def mertens(frames: Sequence[np.ndarray],
-            weights: tuple[float, float, float] = PAPER_WEIGHTS) -> np.ndarray:
+def mertens(
+    frames: Sequence[np.ndarray], weights: tuple[float, float, float] = PAPER_WEIGHTS
+) -> np.ndarray:
     """Fuse RGB frames (float32 HxWx3 in [0, 1], any count >= 2, any order), clipped to [0, 1].
 
     OpenCV's MergeMertens. It scales any input by 1/255, so float32 in [0, 255] gives what
@@ -59,16 +60,19 @@ def mertens(frames: Sequence[np.ndarray],
     shapes = {f.shape for f in frames}
     if len(shapes) != 1:
         raise ValueError(f"frames differ in size: {sorted(shapes)}")
-    bgr = [np.ascontiguousarray(np.clip(f[..., ::-1], 0, 1) * np.float32(255), dtype=np.float32)
-           for f in frames]
+    bgr = [
+        np.ascontiguousarray(np.clip(f[..., ::-1], 0, 1) * np.float32(255), dtype=np.float32)
+        for f in frames
+    ]
     with opencv_serial():
         fused = cv2.createMergeMertens(*map(float, weights)).process(bgr)
     fused = np.nan_to_num(fused, nan=0.0, posinf=1.0, neginf=0.0)
     return np.ascontiguousarray(np.clip(fused[..., ::-1], 0, 1), dtype=np.float32)
 
 
-def mertens_fusion(under: torch.Tensor, over: torch.Tensor,
-                   weights: tuple[float, float, float] = PAPER_WEIGHTS) -> torch.Tensor:
+def mertens_fusion(
+    under: torch.Tensor, over: torch.Tensor, weights: tuple[float, float, float] = PAPER_WEIGHTS
+) -> torch.Tensor:
     """Mertens exposure fusion of each under/over pair in a batch, as tensors.
 
     Runs :func:`mertens` on the CPU one image at a time, so the result equals the numpy

@@ -21,11 +21,18 @@ from textmef import io
 from textmef.errors import InputError
 from textmef.inference import DEFAULT_OVERLAP, DEFAULT_TILE, fuse_tensors
 
-__all__ = ["DEFAULT_METHODS", "METHOD_NAMES", "MethodOptions", "MethodUnavailableError",
-           "TiledFusion", "build_method", "method_description", "unavailable_reason"]
+__all__ = [
+    "DEFAULT_METHODS",
+    "METHOD_NAMES",
+    "MethodOptions",
+    "MethodUnavailableError",
+    "TiledFusion",
+    "build_method",
+    "method_description",
+    "unavailable_reason",
+]
 
-METHOD_NAMES = ("textmef", "textmef-progressive", "textmef-extremes", "mertens", "enfuse",
-                "mean")
+METHOD_NAMES = ("textmef", "textmef-progressive", "textmef-extremes", "mertens", "enfuse", "mean")
 # What `textmef bench` runs when --methods is not given.
 DEFAULT_METHODS = ("textmef", "mertens", "enfuse", "mean")
 FrameFusion = Callable[[Sequence[torch.Tensor]], torch.Tensor]
@@ -44,8 +51,9 @@ class TiledFusion(nn.Module):
         overlap: pixels shared by neighbouring tiles.
     """
 
-    def __init__(self, model: nn.Module, tile: int | None = DEFAULT_TILE,
-                 overlap: int = DEFAULT_OVERLAP) -> None:
+    def __init__(
+        self, model: nn.Module, tile: int | None = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP
+    ) -> None:
         super().__init__()
         self.model = model
         self.tile = tile
@@ -55,8 +63,9 @@ class TiledFusion(nn.Module):
     def forward(self, under: torch.Tensor, over: torch.Tensor) -> torch.Tensor:
         """Fuse on the model's device; the result comes back on the inputs' device."""
         device = next(self.model.parameters()).device
-        fused = fuse_tensors(self.model, under.to(device), over.to(device),
-                             tile=self.tile, overlap=self.overlap)
+        fused = fuse_tensors(
+            self.model, under.to(device), over.to(device), tile=self.tile, overlap=self.overlap
+        )
         return fused.clamp_(0.0, 1.0).to(under.device)
 
 
@@ -87,8 +96,10 @@ def unavailable_reason(name: str) -> str | None:
         from textmef.baselines.enfuse import enfuse_available
 
         if not enfuse_available():
-            return ("the enfuse binary is not installed (Debian/Ubuntu package 'enfuse' or "
-                    "'enblend-enfuse'; or set TEXTMEF_ENFUSE to its path)")
+            return (
+                "the enfuse binary is not installed (Debian/Ubuntu package 'enfuse' or "
+                "'enblend-enfuse'; or set TEXTMEF_ENFUSE to its path)"
+            )
     return None
 
 
@@ -111,8 +122,9 @@ def build_method(name: str, options: MethodOptions | None = None) -> FrameFusion
         from textmef.api import load_model
         from textmef.stack import fuse_frames
 
-        network = TiledFusion(load_model(options.weights, options.device), options.tile,
-                              options.overlap).eval()
+        network = TiledFusion(
+            load_model(options.weights, options.device), options.tile, options.overlap
+        ).eval()
         strategy = _strategy(name, options)
         return lambda frames: fuse_frames(frames, network, strategy)
     if name == "mean":
@@ -136,16 +148,21 @@ def method_description(name: str, options: MethodOptions | None = None) -> str:
         from textmef.checkpoint import packaged_weights_path
 
         weights = options.weights or packaged_weights_path()
-        tiles = f"tiles {options.tile} px, overlap {options.overlap}" if options.tile else \
-            "whole image"
-        return (f"TextMEF network, weights {weights}, {tiles}, {options.device}; stacks: "
-                f"{_strategy(name, options)} strategy")
+        tiles = (
+            f"tiles {options.tile} px, overlap {options.overlap}" if options.tile else "whole image"
+        )
+        return (
+            f"TextMEF network, weights {weights}, {tiles}, {options.device}; stacks: "
+            f"{_strategy(name, options)} strategy"
+        )
     if name == "mertens":
         import cv2
 
-        return (f"Mertens et al. 2007 exposure fusion, OpenCV {cv2.__version__} MergeMertens "
-                "with the paper's weights (contrast, saturation, well-exposedness all 1), "
-                "single-threaded for bit-exact results, all frames")
+        return (
+            f"Mertens et al. 2007 exposure fusion, OpenCV {cv2.__version__} MergeMertens "
+            "with the paper's weights (contrast, saturation, well-exposedness all 1), "
+            "single-threaded for bit-exact results, all frames"
+        )
     if name == "enfuse":
         from textmef.baselines.enfuse import enfuse_version
 

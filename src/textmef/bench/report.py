@@ -18,13 +18,22 @@ import numpy as np
 from textmef.bench.scoring import METRICS, MetricSpec
 from textmef.io import atomic_path
 
-__all__ = ["best_methods", "mean_std", "render_grid", "summary_markdown", "write_bar_charts",
-           "write_csv", "write_html", "write_text"]
+__all__ = [
+    "best_methods",
+    "mean_std",
+    "render_grid",
+    "summary_markdown",
+    "write_bar_charts",
+    "write_csv",
+    "write_html",
+    "write_text",
+]
 
 _SPECS = {s.name: s for s in METRICS}
 # Seconds per image is a column like the metrics, but lower is better.
-TIME_SPEC = MetricSpec("s/image", "none", False, 2, "fusion time per image in seconds",
-                       lambda *a: None)
+TIME_SPEC = MetricSpec(
+    "s/image", "none", False, 2, "fusion time per image in seconds", lambda *a: None
+)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -36,8 +45,9 @@ def write_text(path: Path, text: str) -> None:
 def write_csv(path: Path, rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> None:
     """Rows as CSV with a header; floats at full precision, missing values empty."""
     buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore",
-                            lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n"
+    )
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_value(row.get(k)) for k in columns})
@@ -65,11 +75,13 @@ def spec_for(column: str) -> MetricSpec:
     return TIME_SPEC if column == TIME_SPEC.name else _SPECS[column]
 
 
-def best_methods(summary: Mapping[str, Mapping[str, tuple[float, float, int]]],
-                 column: str) -> set[str]:
+def best_methods(
+    summary: Mapping[str, Mapping[str, tuple[float, float, int]]], column: str
+) -> set[str]:
     """Methods whose mean in ``column`` is the best (ties all count), by the column's sense."""
-    means = {m: s[column][0] for m, s in summary.items()
-             if column in s and math.isfinite(s[column][0])}
+    means = {
+        m: s[column][0] for m, s in summary.items() if column in s and math.isfinite(s[column][0])
+    }
     if not means:
         return set()
     pick = max if spec_for(column).higher_is_better else min
@@ -87,22 +99,30 @@ def format_cell(mean: float, std: float, digits: int, bold: bool) -> str:
     return f"**{text}**" if bold else text
 
 
-def summary_markdown(summary: Mapping[str, Mapping[str, tuple[float, float, int]]],
-                     columns: Sequence[str]) -> str:
+def summary_markdown(
+    summary: Mapping[str, Mapping[str, tuple[float, float, int]]], columns: Sequence[str]
+) -> str:
     """A Markdown table: one row per method, mean ± std per column, best per column bold."""
     best = {c: best_methods(summary, c) for c in columns}
     arrows = {c: "↑" if spec_for(c).higher_is_better else "↓" for c in columns}
-    lines = ["| method | " + " | ".join(f"{c} {arrows[c]}" for c in columns) + " |",
-             "|---|" + "---|" * len(columns)]
+    lines = [
+        "| method | " + " | ".join(f"{c} {arrows[c]}" for c in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
     for method, stats in summary.items():
-        cells = [format_cell(*stats[c][:2], spec_for(c).digits, method in best[c])
-                 if c in stats else "–" for c in columns]
+        cells = [
+            format_cell(*stats[c][:2], spec_for(c).digits, method in best[c]) if c in stats else "–"
+            for c in columns
+        ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_bar_charts(folder: Path, summary: Mapping[str, Mapping[str, tuple[float, float, int]]],
-                     columns: Sequence[str]) -> list[Path]:
+def write_bar_charts(
+    folder: Path,
+    summary: Mapping[str, Mapping[str, tuple[float, float, int]]],
+    columns: Sequence[str],
+) -> list[Path]:
     """One PNG bar chart per column (mean with a ±std error bar per method)."""
     import matplotlib
 
@@ -171,8 +191,14 @@ def render_grid(images: Sequence[tuple[str, np.ndarray]], height: int = 240) -> 
     return np.asarray(canvas)
 
 
-def write_html(path: Path, title: str, intro: str, table_html: str, charts: Sequence[Path],
-               scenes: Sequence[tuple[str, Path, str]]) -> None:
+def write_html(
+    path: Path,
+    title: str,
+    intro: str,
+    table_html: str,
+    charts: Sequence[Path],
+    scenes: Sequence[tuple[str, Path, str]],
+) -> None:
     """A static page: summary table, charts, then each scene's grid with its scores.
 
     Args:
@@ -189,7 +215,8 @@ def write_html(path: Path, title: str, intro: str, table_html: str, charts: Sequ
         return html.escape(p.relative_to(root).as_posix())
 
     parts = [
-        "<!doctype html>", "<html><head><meta charset='utf-8'>",
+        "<!doctype html>",
+        "<html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;margin:1.5em;max-width:110em}"
         "table{border-collapse:collapse;margin:.5em 0 1.5em}"
@@ -197,19 +224,32 @@ def write_html(path: Path, title: str, intro: str, table_html: str, charts: Sequ
         "th:first-child,td:first-child{text-align:left}"
         ".charts img{height:230px;margin:.2em}.scene img{max-width:100%}"
         "b{color:#b00}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>", intro, "<h2>Summary</h2>", table_html,
-        "<div class='charts'>", *[f"<img src='{rel(c)}' alt='{rel(c)}'>" for c in charts],
-        "</div>", "<h2>Scenes</h2>",
+        f"<h1>{html.escape(title)}</h1>",
+        intro,
+        "<h2>Summary</h2>",
+        table_html,
+        "<div class='charts'>",
+        *[f"<img src='{rel(c)}' alt='{rel(c)}'>" for c in charts],
+        "</div>",
+        "<h2>Scenes</h2>",
     ]
     for name, grid, table in scenes:
-        parts += [f"<div class='scene'><h3 id='{html.escape(name)}'>{html.escape(name)}</h3>",
-                  f"<img src='{rel(grid)}' alt='{html.escape(name)}'>", table, "</div>"]
+        parts += [
+            f"<div class='scene'><h3 id='{html.escape(name)}'>{html.escape(name)}</h3>",
+            f"<img src='{rel(grid)}' alt='{html.escape(name)}'>",
+            table,
+            "</div>",
+        ]
     parts.append("</body></html>")
     write_text(path, "\n".join(parts) + "\n")
 
 
-def table_html(rows: Sequence[Mapping[str, object]], columns: Sequence[str],
-               bold: Mapping[str, set[str]] | None = None, key: str = "method") -> str:
+def table_html(
+    rows: Sequence[Mapping[str, object]],
+    columns: Sequence[str],
+    bold: Mapping[str, set[str]] | None = None,
+    key: str = "method",
+) -> str:
     """A small HTML table; ``bold[column]`` names the rows (by ``key``) to emphasise."""
     bold = bold or {}
     head = "".join(f"<th>{html.escape(c)}</th>" for c in [key, *columns])

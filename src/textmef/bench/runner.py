@@ -110,25 +110,23 @@ def _load(path: Path) -> tuple[torch.Tensor, int]:
     return io.to_tensor(image.pixels), image.bit_depth
 
 
-def _check_same_size(name: str, tensors: dict[str, torch.Tensor], paths: dict[str, Path]
-                     ) -> None:
+def _check_same_size(name: str, tensors: dict[str, torch.Tensor], paths: dict[str, Path]) -> None:
     """All images of a scene must share one size; the error names the odd file."""
     sizes = {role: tuple(t.shape[-2:]) for role, t in tensors.items()}
     first = next(iter(sizes))
     odd = next((r for r in sizes if sizes[r] != sizes[first]), None)
     if odd is not None:
         (h, w), (h0, w0) = sizes[odd], sizes[first]
-        raise InputError(paths[odd], f"scene {name!r}: {odd} is {w}x{h} but {first} is "
-                                     f"{w0}x{h0}")
+        raise InputError(paths[odd], f"scene {name!r}: {odd} is {w}x{h} but {first} is {w0}x{h0}")
 
 
-def _summarise(rows: Sequence[dict], columns: Sequence[str]
-               ) -> dict[str, dict[str, tuple[float, float, int]]]:
+def _summarise(
+    rows: Sequence[dict], columns: Sequence[str]
+) -> dict[str, dict[str, tuple[float, float, int]]]:
     summary: dict[str, dict[str, tuple[float, float, int]]] = {}
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
-        summary[method] = {c: report.mean_std([r.get(c, math.nan) for r in mine])
-                           for c in columns}
+        summary[method] = {c: report.mean_std([r.get(c, math.nan) for r in mine]) for c in columns}
     return summary
 
 
@@ -145,13 +143,30 @@ def _summary_rows(summary, columns) -> list[dict]:
 
 def _write_summaries(out: Path, result: EvalResult, title: str, notes: Sequence[str]) -> str:
     columns = result.columns
-    report.write_csv(out / "summary.csv", _summary_rows(result.summary, columns),
-                     ["method"] + [f"{c}_{s}" for c in columns for s in ("mean", "std", "n")])
+    report.write_csv(
+        out / "summary.csv",
+        _summary_rows(result.summary, columns),
+        ["method"] + [f"{c}_{s}" for c in columns for s in ("mean", "std", "n")],
+    )
     table = report.summary_markdown(result.summary, columns)
-    legend = [f"- **{c}** {'↑' if report.spec_for(c).higher_is_better else '↓'}: "
-              f"{report.spec_for(c).description}" for c in columns]
-    text = "\n".join([f"# {title}", "", *notes, "", table, "Mean ± standard deviation over "
-                      "scenes; the best value per column is bold.", "", *legend, ""])
+    legend = [
+        f"- **{c}** {'↑' if report.spec_for(c).higher_is_better else '↓'}: "
+        f"{report.spec_for(c).description}"
+        for c in columns
+    ]
+    text = "\n".join(
+        [
+            f"# {title}",
+            "",
+            *notes,
+            "",
+            table,
+            "Mean ± standard deviation over scenes; the best value per column is bold.",
+            "",
+            *legend,
+            "",
+        ]
+    )
     report.write_text(out / "summary.md", text)
     return table
 
@@ -173,8 +188,9 @@ def match_fused(fused_dir: Path, names: Sequence[str]) -> dict[str, Path]:
     known = sorted(names, key=len, reverse=True)
     for path in list_images(fused_dir):
         stem = path.stem
-        scene = stem if stem in names else next(
-            (n for n in known if stem.startswith(n + "_")), None)
+        scene = (
+            stem if stem in names else next((n for n in known if stem.startswith(n + "_")), None)
+        )
         if scene is None:
             continue
         if scene in by_name:
@@ -183,9 +199,16 @@ def match_fused(fused_dir: Path, names: Sequence[str]) -> dict[str, Path]:
     return by_name
 
 
-def run_eval(fused_dir: Path, under_dir: Path, over_dir: Path, out: Path,
-             gt_dir: Path | None = None, metrics: Sequence[str] | None = None,
-             label: str | None = None, progress: Progress | None = None) -> EvalResult:
+def run_eval(
+    fused_dir: Path,
+    under_dir: Path,
+    over_dir: Path,
+    out: Path,
+    gt_dir: Path | None = None,
+    metrics: Sequence[str] | None = None,
+    label: str | None = None,
+    progress: Progress | None = None,
+) -> EvalResult:
     """Score every fused image in ``fused_dir`` against its sources (and reference).
 
     Writes ``out/eval.csv`` (one row per image) and ``out/summary.md`` /
@@ -214,13 +237,17 @@ def run_eval(fused_dir: Path, under_dir: Path, over_dir: Path, out: Path,
         raise InputError(under_dir, f"no image stem is present in both it and {over_dir}")
     fused = match_fused(fused_dir, names)
     if not fused:
-        raise InputError(fused_dir, f"no fused image is named like a source pair (e.g. "
-                                    f"{names[0]}.png or {names[0]}_<method>.png)")
+        raise InputError(
+            fused_dir,
+            f"no fused image is named like a source pair (e.g. "
+            f"{names[0]}.png or {names[0]}_<method>.png)",
+        )
     if gt_dir is not None:
         missing = sorted(set(fused) - set(gts))
         if missing:
-            raise InputError(gt_dir, f"no reference for {len(missing)} scene(s): "
-                                     f"{', '.join(missing[:5])}")
+            raise InputError(
+                gt_dir, f"no reference for {len(missing)} scene(s): {', '.join(missing[:5])}"
+            )
     label = label or fused_dir.name
     rows = []
     for name in progress(sorted(fused), desc="scoring"):
@@ -229,18 +256,22 @@ def run_eval(fused_dir: Path, under_dir: Path, over_dir: Path, out: Path,
             paths["gt"] = gts[name]
         tensors = {role: _load(p)[0] for role, p in paths.items()}
         _check_same_size(name, tensors, paths)
-        scores = score_image(tensors["under"], tensors["over"], tensors["fused"],
-                             tensors.get("gt"), specs)
+        scores = score_image(
+            tensors["under"], tensors["over"], tensors["fused"], tensors.get("gt"), specs
+        )
         rows.append({"scene": name, "method": label, "file": fused[name].name, **scores})
     columns = [s.name for s in specs]
     result = EvalResult(rows, _summarise(rows, columns), columns)
     out.mkdir(parents=True, exist_ok=True)
     report.write_csv(out / "eval.csv", rows, ["scene", "method", "file", *columns])
     unmatched = len(names) - len(fused)
-    notes = [f"- fused images: `{fused_dir}` ({len(rows)} scored"
-             + (f"; {unmatched} source pair(s) without a fused image" if unmatched else "")
-             + ")", f"- sources: `{under_dir}`, `{over_dir}`"
-             + (f"; references: `{gt_dir}`" if gt_dir is not None else "")]
+    notes = [
+        f"- fused images: `{fused_dir}` ({len(rows)} scored"
+        + (f"; {unmatched} source pair(s) without a fused image" if unmatched else "")
+        + ")",
+        f"- sources: `{under_dir}`, `{over_dir}`"
+        + (f"; references: `{gt_dir}`" if gt_dir is not None else ""),
+    ]
     _write_summaries(out, result, f"textmef eval: {label}", notes)
     return result
 
@@ -263,10 +294,15 @@ def select_scenes(config: BenchConfig) -> list[Scene]:
         scenes = _stack_scenes(config.data, config.references)
     else:
         if config.references is not None:
-            raise InputError(config.references, "references are read from DATA_DIR/gt for "
-                                                "triplet folders; --references is for --stacks")
-        scenes = [Scene(t.name, (t.under, t.over), t.gt)
-                  for t in find_triplets(config.data, require_gt=False)]
+            raise InputError(
+                config.references,
+                "references are read from DATA_DIR/gt for "
+                "triplet folders; --references is for --stacks",
+            )
+        scenes = [
+            Scene(t.name, (t.under, t.over), t.gt)
+            for t in find_triplets(config.data, require_gt=False)
+        ]
     if config.split != "all":
         if not 0.0 < config.val_fraction < 1.0:
             raise InputError(None, f"val_fraction must be in (0, 1), got {config.val_fraction}")
@@ -293,8 +329,11 @@ def _stack_scenes(root: Path, references: Path | None) -> list[Scene]:
             continue  # make-pairs skipped it, or it is not in this reference set
         scenes.append(Scene(name, frames, refs.get(name)))
     if not scenes:
-        raise InputError(root, "holds no exposure stack (a folder with 2+ images)"
-                         + (f" with a reference in {references}" if references else ""))
+        raise InputError(
+            root,
+            "holds no exposure stack (a folder with 2+ images)"
+            + (f" with a reference in {references}" if references else ""),
+        )
     return scenes
 
 
@@ -327,10 +366,14 @@ class _MethodFolder:
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = _read_json(self.meta_path)
         if meta.get("description", description) != description and any(
-                p.name != "method.json" for p in self.dir.iterdir()):
-            raise InputError(self.dir, f"holds outputs of another setup ({meta['description']});"
-                                       f" now: {description}. Delete the folder or choose "
-                                       "another report folder")
+            p.name != "method.json" for p in self.dir.iterdir()
+        ):
+            raise InputError(
+                self.dir,
+                f"holds outputs of another setup ({meta['description']});"
+                f" now: {description}. Delete the folder or choose "
+                "another report folder",
+            )
         self.meta = {"description": description, "seconds": meta.get("seconds", {})}
 
     def output(self, scene: Scene, suffix: str = ".png") -> Path:
@@ -364,11 +407,17 @@ def _frame_roles(scene: Scene) -> list[str]:
     return [f"frame {k + 1}/{len(scene.frames)}" for k in range(len(scene.frames))]
 
 
-def _fuse_missing(config: BenchConfig, scenes: Sequence[Scene], names: Sequence[str],
-                  progress: Progress, log: Callable[[str], None]) -> dict[str, _MethodFolder]:
+def _fuse_missing(
+    config: BenchConfig,
+    scenes: Sequence[Scene],
+    names: Sequence[str],
+    progress: Progress,
+    log: Callable[[str], None],
+) -> dict[str, _MethodFolder]:
     """Fuse every (method, scene) whose output is not on disk yet; time each fusion."""
-    folders = {m: _MethodFolder(config.out, m, method_description(m, config.method_options))
-               for m in names}
+    folders = {
+        m: _MethodFolder(config.out, m, method_description(m, config.method_options)) for m in names
+    }
     for name in names:
         folder = folders[name]
         todo = [s for s in scenes if not folder.output(s).is_file()]
@@ -392,9 +441,14 @@ def _fuse_missing(config: BenchConfig, scenes: Sequence[Scene], names: Sequence[
     return folders
 
 
-def _score_all(config: BenchConfig, scenes: Sequence[Scene], names: Sequence[str],
-               folders: dict[str, _MethodFolder], specs: Sequence[MetricSpec],
-               progress: Progress) -> list[dict]:
+def _score_all(
+    config: BenchConfig,
+    scenes: Sequence[Scene],
+    names: Sequence[str],
+    folders: dict[str, _MethodFolder],
+    specs: Sequence[MetricSpec],
+    progress: Progress,
+) -> list[dict]:
     cache_path = config.out / "scores.json"
     cache = _read_json(cache_path)
     wanted = [s.name for s in specs]
@@ -420,15 +474,20 @@ def _score_all(config: BenchConfig, scenes: Sequence[Scene], names: Sequence[str
             _check_same_size(scene.name, checked, paths)
             # Two-source metrics see the darkest and brightest frame; MEF-SSIM the whole stack.
             stack = torch.cat(frames) if len(frames) > 2 else None
-            scores = {**scores, **score_image(frames[0], frames[-1], fused, gt, specs,
-                                              stack=stack)}
+            scores = {**scores, **score_image(frames[0], frames[-1], fused, gt, specs, stack=stack)}
             cache[key] = {"stamp": stamp, "scores": scores}
             scored += 1
             if scored % 8 == 0:  # checkpoint the cache now and then, not per image
                 report.write_text(cache_path, json.dumps(cache, indent=0, sort_keys=True))
         seconds = folders[name].meta["seconds"].get(scene.name, math.nan)
-        rows.append({"scene": scene.name, "method": name, report.TIME_SPEC.name: seconds,
-                     **{m: scores.get(m, math.nan) for m in wanted}})
+        rows.append(
+            {
+                "scene": scene.name,
+                "method": name,
+                report.TIME_SPEC.name: seconds,
+                **{m: scores.get(m, math.nan) for m in wanted},
+            }
+        )
     if scored:
         report.write_text(cache_path, json.dumps(cache, indent=0, sort_keys=True))
     return rows
@@ -447,12 +506,15 @@ def _cpu_name() -> str:
 
 def _environment() -> str:
     threads = torch.get_num_threads()
-    return (f"{_cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with "
-            f"{threads} thread(s)")
+    return (
+        f"{_cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with "
+        f"{threads} thread(s)"
+    )
 
 
-def run_bench(config: BenchConfig, progress: Progress | None = None,
-              log: Callable[[str], None] = print) -> EvalResult:
+def run_bench(
+    config: BenchConfig, progress: Progress | None = None, log: Callable[[str], None] = print
+) -> EvalResult:
     """Fuse every scene with every method, score, and write the report folder.
 
     Args:
@@ -470,8 +532,11 @@ def run_bench(config: BenchConfig, progress: Progress | None = None,
     progress = progress or (lambda items, desc=None: items)
     unknown = [m for m in config.methods if m not in METHOD_NAMES]
     if unknown or not config.methods:
-        raise InputError(None, f"unknown method(s) {', '.join(unknown) or '(none given)'}; "
-                               f"known: {', '.join(METHOD_NAMES)}")
+        raise InputError(
+            None,
+            f"unknown method(s) {', '.join(unknown) or '(none given)'}; "
+            f"known: {', '.join(METHOD_NAMES)}",
+        )
     scenes = select_scenes(config)
     with_gt = all(s.gt is not None for s in scenes)
     specs = _resolve(config.metrics, with_gt)
@@ -495,23 +560,40 @@ def run_bench(config: BenchConfig, progress: Progress | None = None,
     grids = _write_grids(config, scenes, names, folders, progress)
     _write_page(config, result, notes, table, charts, grids)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
-    report.write_text(config.out / "bench.json", json.dumps(
-        {"config": settings, "scenes": [s.name for s in scenes], "skipped": skipped,
-         "methods": {m: folders[m].meta["description"] for m in names},
-         "environment": _environment()}, indent=1, default=str))
+    report.write_text(
+        config.out / "bench.json",
+        json.dumps(
+            {
+                "config": settings,
+                "scenes": [s.name for s in scenes],
+                "skipped": skipped,
+                "methods": {m: folders[m].meta["description"] for m in names},
+                "environment": _environment(),
+            },
+            indent=1,
+            default=str,
+        ),
+    )
     return result
 
 
 def _bench_notes(config: BenchConfig, scenes, names, skipped, with_gt) -> list[str]:
-    split = "all scenes" if config.split == "all" else (
-        f"the {config.split} split (val_fraction {config.val_fraction}, by name hash, as in "
-        "training)")
+    split = (
+        "all scenes"
+        if config.split == "all"
+        else (
+            f"the {config.split} split (val_fraction {config.val_fraction}, by name hash, as in "
+            "training)"
+        )
+    )
     kind = "exposure stacks, all frames fused" if config.stacks else "pairs"
-    notes = [f"- data: `{config.data}` ({kind}), {split}: {len(scenes)} scene(s)"
-             + ("" if with_gt else " (no references: PSNR, SSIM and TMQI not computed)"),
-             f"- machine: {_environment()}",
-             "- s/image: wall-clock seconds of the fusion call alone (images already in "
-             "memory; each method warmed up once on a 64 px crop first)"]
+    notes = [
+        f"- data: `{config.data}` ({kind}), {split}: {len(scenes)} scene(s)"
+        + ("" if with_gt else " (no references: PSNR, SSIM and TMQI not computed)"),
+        f"- machine: {_environment()}",
+        "- s/image: wall-clock seconds of the fusion call alone (images already in "
+        "memory; each method warmed up once on a 64 px crop first)",
+    ]
     notes += [f"- {m}: {method_description(m, config.method_options)}" for m in names]
     notes += [f"- {m}: not run, {reason}" for m, reason in skipped.items()]
     return notes
@@ -531,8 +613,7 @@ def _write_grids(config: BenchConfig, scenes, names, folders, progress) -> list[
             parts.append(("reference", scene.gt))
         newest = max(p.stat().st_mtime_ns for _, p in parts)
         if not path.is_file() or path.stat().st_mtime_ns < newest:
-            grid = render_grid([(c, io.read_image(p).pixels) for c, p in parts],
-                               config.grid_height)
+            grid = render_grid([(c, io.read_image(p).pixels) for c, p in parts], config.grid_height)
             io.write_image(path, grid.astype(np.float32) / 255.0, 8)
         written.append((scene.name, path))
     return written
@@ -543,18 +624,27 @@ def _write_page(config: BenchConfig, result: EvalResult, notes, table, charts, g
 
     columns = result.columns
     bold = {c: report.best_methods(result.summary, c) for c in columns}
-    summary_rows = [{"method": m, **{c: report.format_cell(*s[c][:2], report.spec_for(c).digits,
-                                                           False) for c in columns}}
-                    for m, s in result.summary.items()]
+    summary_rows = [
+        {
+            "method": m,
+            **{c: report.format_cell(*s[c][:2], report.spec_for(c).digits, False) for c in columns},
+        }
+        for m, s in result.summary.items()
+    ]
     intro = "<ul>" + "".join(f"<li>{html.escape(n.lstrip('- '))}</li>" for n in notes) + "</ul>"
     scene_tables = []
     for name, grid in grids:
         rows = [r for r in result.rows if r["scene"] == name]
-        shown = [{"method": r["method"], **{c: _short(r.get(c), c) for c in columns}}
-                 for r in rows]
+        shown = [{"method": r["method"], **{c: _short(r.get(c), c) for c in columns}} for r in rows]
         scene_tables.append((name, grid, report.table_html(shown, columns)))
-    report.write_html(config.out / "index.html", "textmef bench", intro,
-                      report.table_html(summary_rows, columns, bold), charts, scene_tables)
+    report.write_html(
+        config.out / "index.html",
+        "textmef bench",
+        intro,
+        report.table_html(summary_rows, columns, bold),
+        charts,
+        scene_tables,
+    )
 
 
 def _short(value, column: str) -> str:

@@ -75,22 +75,40 @@ def _no_ref(function):
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("PSNR", "reference", True, 2, "PSNR (dB) against the reference, RGB", _psnr),
     MetricSpec("SSIM", "reference", True, 4, "SSIM against the reference (scikit-image)", _ssim),
-    MetricSpec("TMQI", "reference", True, 4,
-               "TMQI (Yeganeh & Wang 2013), the reference as the HDR image", _tmqi),
-    MetricSpec("MEF-SSIM", "sources", True, 4,
-               "MEF-SSIM (Ma et al. 2015), 3 scales, against both sources (MEFB)", _mef_ssim),
-    MetricSpec("QABF", "sources", True, 4, "QAB/F gradient transfer (Xydeas & Petrovic, MEFB)",
-               _qabf),
-    MetricSpec("PSNR_MEFB", "sources", True, 2,
-               "MEFB's fusion PSNR against both sources (sqrt(SSE)/N, size-dependent)",
-               _psnr_mefb),
+    MetricSpec(
+        "TMQI",
+        "reference",
+        True,
+        4,
+        "TMQI (Yeganeh & Wang 2013), the reference as the HDR image",
+        _tmqi,
+    ),
+    MetricSpec(
+        "MEF-SSIM",
+        "sources",
+        True,
+        4,
+        "MEF-SSIM (Ma et al. 2015), 3 scales, against both sources (MEFB)",
+        _mef_ssim,
+    ),
+    MetricSpec(
+        "QABF", "sources", True, 4, "QAB/F gradient transfer (Xydeas & Petrovic, MEFB)", _qabf
+    ),
+    MetricSpec(
+        "PSNR_MEFB",
+        "sources",
+        True,
+        2,
+        "MEFB's fusion PSNR against both sources (sqrt(SSE)/N, size-dependent)",
+        _psnr_mefb,
+    ),
     MetricSpec("EN", "none", True, 3, "entropy in bits (MEFB)", _no_ref(M.entropy)),
-    MetricSpec("SD", "none", True, 2, "standard deviation, 0..255 (MEFB)",
-               _no_ref(M.standard_deviation)),
+    MetricSpec(
+        "SD", "none", True, 2, "standard deviation, 0..255 (MEFB)", _no_ref(M.standard_deviation)
+    ),
     MetricSpec("SF", "none", True, 2, "spatial frequency (MEFB)", _no_ref(M.spatial_frequency)),
     MetricSpec("AG", "none", True, 3, "average gradient (MEFB)", _no_ref(M.average_gradient)),
-    MetricSpec("EI", "none", True, 2, "edge intensity, Sobel (MEFB)",
-               _no_ref(M.edge_intensity)),
+    MetricSpec("EI", "none", True, 2, "edge intensity, Sobel (MEFB)", _no_ref(M.edge_intensity)),
 )
 
 _BY_NAME = {spec.name: spec for spec in METRICS}
@@ -111,8 +129,7 @@ def resolve_metrics(names: Sequence[str] | None, with_reference: bool) -> list[M
         return [s for s in METRICS if with_reference or s.needs != "reference"]
     unknown = [n for n in names if n not in _BY_NAME]
     if unknown:
-        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(_BY_NAME)}")
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(_BY_NAME)}")
     specs = [_BY_NAME[n] for n in names]
     missing = [s.name for s in specs if s.needs == "reference" and not with_reference]
     if missing:
@@ -121,10 +138,14 @@ def resolve_metrics(names: Sequence[str] | None, with_reference: bool) -> list[M
 
 
 @torch.no_grad()
-def score_image(under: torch.Tensor, over: torch.Tensor, fused: torch.Tensor,
-                gt: torch.Tensor | None = None,
-                metrics: Sequence[MetricSpec] | None = None,
-                stack: torch.Tensor | None = None) -> dict[str, float]:
+def score_image(
+    under: torch.Tensor,
+    over: torch.Tensor,
+    fused: torch.Tensor,
+    gt: torch.Tensor | None = None,
+    metrics: Sequence[MetricSpec] | None = None,
+    stack: torch.Tensor | None = None,
+) -> dict[str, float]:
     """All requested metrics of one fused image, as plain floats.
 
     Args:

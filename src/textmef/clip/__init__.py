@@ -10,6 +10,20 @@ from textmef.clip.model import CLIP, build_clip
 from textmef.clip.prompts import PromptLearner, PromptSet, init_prompts, load_prompts
 from textmef.clip.tokenizer import Tokenizer, get_tokenizer
 
-__all__ = ["CLIP", "CLIP_CONFIGS", "CLIPConfig", "PromptLearner", "PromptSet", "TextConfig",
-           "Tokenizer", "VisionConfig", "build_clip", "clip_fingerprint", "download_clip",
-           "get_tokenizer", "init_prompts", "load_clip", "load_prompts"]
+__all__ = [
+    "CLIP",
+    "CLIP_CONFIGS",
+    "CLIPConfig",
+    "PromptLearner",
+    "PromptSet",
+    "TextConfig",
+    "Tokenizer",
+    "VisionConfig",
+    "build_clip",
+    "clip_fingerprint",
+    "download_clip",
+    "get_tokenizer",
+    "init_prompts",
+    "load_clip",
+    "load_prompts",
+]

@@ -72,8 +72,11 @@ class CLIPConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CLIPConfig:
-        return cls(embed_dim=int(data["embed_dim"]),
-                   vision=VisionConfig(**data["vision"]), text=TextConfig(**data["text"]))
+        return cls(
+            embed_dim=int(data["embed_dim"]),
+            vision=VisionConfig(**data["vision"]),
+            text=TextConfig(**data["text"]),
+        )
 
     @classmethod
     def from_json(cls, text: str) -> CLIPConfig:

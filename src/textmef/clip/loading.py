@@ -44,14 +44,21 @@ from textmef.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("openai-torchscript", "torch-state-dict", "open_clip-checkpoint", "safetensors",
-           "hf-safetensors", "hf-pytorch")
+FORMATS = (
+    "openai-torchscript",
+    "torch-state-dict",
+    "open_clip-checkpoint",
+    "safetensors",
+    "hf-safetensors",
+    "hf-pytorch",
+)
 
 # The hex string in OpenAI's download URL is the file's sha256 (their clip.py checks it):
 # https://github.com/openai/CLIP/blob/main/clip/clip.py, _MODELS["ViT-B/32"].
 OPENAI_VIT_B_32_SHA256 = "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"
 OPENAI_VIT_B_32_URL = (
-    f"https://openaipublic.azureedge.net/clip/models/{OPENAI_VIT_B_32_SHA256}/ViT-B-32.pt")
+    f"https://openaipublic.azureedge.net/clip/models/{OPENAI_VIT_B_32_SHA256}/ViT-B-32.pt"
+)
 
 # sha256 of the whole file -> what it is. Only hashes published by the file's source belong
 # here; other releases (open_clip, Hugging Face) load fine but are reported as unknown.
@@ -59,9 +66,10 @@ KNOWN_CLIP_FILES: dict[str, str] = {
     OPENAI_VIT_B_32_SHA256: "OpenAI CLIP ViT-B/32 (ViT-B-32.pt, TorchScript, fp16)",
     # Recorded for Hugging Face timm/vit_base_patch32_clip_224.openai at revision a6f597a3
     # (a third-party pinned-download record; Hugging Face shows it as the file's LFS oid).
-    "e6d1bd7789aa45192b3bf90570a789b478bae1b74ebcce7eddd908e83a2b7c31":
+    "e6d1bd7789aa45192b3bf90570a789b478bae1b74ebcce7eddd908e83a2b7c31": (
         "OpenAI CLIP ViT-B/32 via open_clip (open_clip_model.safetensors, "
-        "timm/vit_base_patch32_clip_224.openai)",
+        "timm/vit_base_patch32_clip_224.openai)"
+    ),
 }
 
 # source -> (url, sha256) for download_clip.
@@ -116,10 +124,17 @@ def clip_fingerprint(weights: torch.nn.Module | Mapping[str, torch.Tensor]) -> s
 
 
 # ---- Hugging Face names -------------------------------------------------------------------
-_HF_TOWERS = (("text_model.encoder.layers.", "transformer.resblocks."),
-              ("vision_model.encoder.layers.", "visual.transformer.resblocks."))
-_HF_BLOCK = {"layer_norm1.": "ln_1.", "layer_norm2.": "ln_2.", "mlp.fc1.": "mlp.c_fc.",
-             "mlp.fc2.": "mlp.c_proj.", "self_attn.out_proj.": "attn.out_proj."}
+_HF_TOWERS = (
+    ("text_model.encoder.layers.", "transformer.resblocks."),
+    ("vision_model.encoder.layers.", "visual.transformer.resblocks."),
+)
+_HF_BLOCK = {
+    "layer_norm1.": "ln_1.",
+    "layer_norm2.": "ln_2.",
+    "mlp.fc1.": "mlp.c_fc.",
+    "mlp.fc2.": "mlp.c_proj.",
+    "self_attn.out_proj.": "attn.out_proj.",
+}
 _HF_DIRECT = {
     "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
     "text_model.embeddings.position_embedding.weight": "positional_embedding",
@@ -135,14 +150,15 @@ _HF_DIRECT = {
     "logit_scale": "logit_scale",
 }
 # HF stores projections as nn.Linear weights (out, in); OpenAI as matrices applied x @ P.
-_HF_TRANSPOSED = {"text_projection.weight": "text_projection",
-                  "visual_projection.weight": "visual.proj"}
+_HF_TRANSPOSED = {
+    "text_projection.weight": "text_projection",
+    "visual_projection.weight": "visual.proj",
+}
 _HF_BLOCK_KEY = re.compile(r"(\d+)\.(.+)")
 
 
 def _is_hf(keys: list[str]) -> bool:
-    return any(k.startswith(("text_model.", "vision_model.")) or k in _HF_TRANSPOSED
-               for k in keys)
+    return any(k.startswith(("text_model.", "vision_model.")) or k in _HF_TRANSPOSED for k in keys)
 
 
 def from_hf_state_dict(hf_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -167,7 +183,7 @@ def from_hf_state_dict(hf_state: Mapping[str, torch.Tensor]) -> dict[str, torch.
         for hf_prefix, openai_prefix in _HF_TOWERS:
             if not key.startswith(hf_prefix):
                 continue
-            match = _HF_BLOCK_KEY.fullmatch(key[len(hf_prefix):])
+            match = _HF_BLOCK_KEY.fullmatch(key[len(hf_prefix) :])
             if match is None:
                 continue
             block = f"{openai_prefix}{match.group(1)}."
@@ -178,7 +194,7 @@ def from_hf_state_dict(hf_state: Mapping[str, torch.Tensor]) -> dict[str, torch.
                 break
             for hf_part, openai_part in _HF_BLOCK.items():
                 if rest.startswith(hf_part):
-                    out[block + openai_part + rest[len(hf_part):]] = value
+                    out[block + openai_part + rest[len(hf_part) :]] = value
                     break
             else:
                 out[key] = value
@@ -188,7 +204,8 @@ def from_hf_state_dict(hf_state: Mapping[str, torch.Tensor]) -> dict[str, torch.
     for (block, kind), parts in qkv.items():
         if set(parts) == {"q", "k", "v"}:
             out[f"{block}attn.in_proj_{kind}"] = torch.cat(
-                [parts[name][1] for name in "qkv"], dim=0)
+                [parts[name][1] for name in "qkv"], dim=0
+            )
         else:
             out.update(dict(parts.values()))
     return out
@@ -218,7 +235,7 @@ def to_hf_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
         for hf_prefix, openai_prefix in _HF_TOWERS:
             if not key.startswith(openai_prefix):
                 continue
-            match = _HF_BLOCK_KEY.fullmatch(key[len(openai_prefix):])
+            match = _HF_BLOCK_KEY.fullmatch(key[len(openai_prefix) :])
             if match is None:
                 unmapped.append(key)
                 break
@@ -230,7 +247,7 @@ def to_hf_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
                 break
             for openai_part, hf_part in block_parts.items():
                 if rest.startswith(openai_part):
-                    out[block + hf_part + rest[len(openai_part):]] = value.contiguous()
+                    out[block + hf_part + rest[len(openai_part) :]] = value.contiguous()
                     break
             else:
                 unmapped.append(key)
@@ -238,8 +255,9 @@ def to_hf_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
         else:
             unmapped.append(key)
     if unmapped:
-        raise ValueError(f"no Hugging Face name for {len(unmapped)} key(s): "
-                         + ", ".join(unmapped[:8]))
+        raise ValueError(
+            f"no Hugging Face name for {len(unmapped)} key(s): " + ", ".join(unmapped[:8])
+        )
     return out
 
 
@@ -253,8 +271,9 @@ def _check_file(path: Path) -> None:
     if not path.exists():
         raise CheckpointError(path, "no such CLIP weights file")
     if path.is_dir():
-        inside = sorted(p.name for p in path.iterdir()
-                        if p.suffix in (".pt", ".bin", ".safetensors", ".pth"))
+        inside = sorted(
+            p.name for p in path.iterdir() if p.suffix in (".pt", ".bin", ".safetensors", ".pth")
+        )
         hint = f" (it holds {', '.join(inside[:4])}: pass one of those)" if inside else ""
         raise CheckpointError(path, f"is a directory, expected a CLIP weights file{hint}")
     if path.stat().st_size == 0:
@@ -271,8 +290,9 @@ def _sniff(path: Path) -> str:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
         except (zipfile.BadZipFile, OSError) as exc:
-            raise CheckpointError(path, f"is a truncated or corrupt zip archive "
-                                        f"({_one_line(exc)})") from None
+            raise CheckpointError(
+                path, f"is a truncated or corrupt zip archive ({_one_line(exc)})"
+            ) from None
         # torch.load recognises TorchScript by the same record (constants.pkl).
         records = {name.split("/", 1)[-1] for name in names}
         if "constants.pkl" in records or any("/code/" in name for name in names):
@@ -283,13 +303,19 @@ def _sniff(path: Path) -> str:
         if header_len > _SAFETENSORS_MAX_HEADER:
             raise CheckpointError(path, "is not a valid safetensors file (absurd header size)")
         if 8 + header_len > size:
-            raise CheckpointError(path, f"is a truncated safetensors file (header needs "
-                                        f"{8 + header_len} bytes, file has {size})")
+            raise CheckpointError(
+                path,
+                f"is a truncated safetensors file (header needs "
+                f"{8 + header_len} bytes, file has {size})",
+            )
         return "safetensors"
     if head[:1] == b"\x80":  # pickle protocol 2+: the pre-1.6 torch.save format
         return "torch"
-    raise CheckpointError(path, "is not a CLIP weights file (neither a TorchScript archive, "
-                                "a torch.save file nor safetensors)")
+    raise CheckpointError(
+        path,
+        "is not a CLIP weights file (neither a TorchScript archive, "
+        "a torch.save file nor safetensors)",
+    )
 
 
 def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
@@ -300,8 +326,7 @@ def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
             module = torch.jit.load(str(path), map_location="cpu")
         return dict(module.state_dict())
     except (RuntimeError, ValueError, OSError) as exc:
-        raise CheckpointError(path, f"unreadable TorchScript archive ({_one_line(exc)})"
-                              ) from None
+        raise CheckpointError(path, f"unreadable TorchScript archive ({_one_line(exc)})") from None
 
 
 def _read_torch(path: Path) -> object:
@@ -312,14 +337,24 @@ def _read_torch(path: Path) -> object:
             return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
-            raise CheckpointError(path, "holds pickled Python objects besides tensors, refused "
-                                        "for safety (weights_only); save a plain state dict"
-                                  ) from None
+            raise CheckpointError(
+                path,
+                "holds pickled Python objects besides tensors, refused "
+                "for safety (weights_only); save a plain state dict",
+            ) from None
         raise CheckpointError(path, f"unreadable torch file ({_one_line(exc)})") from None
-    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError,
-            KeyError) as exc:
-        raise CheckpointError(path, f"unreadable or truncated torch file ({_one_line(exc)})"
-                              ) from None
+    except (
+        RuntimeError,
+        EOFError,
+        ValueError,
+        OSError,
+        AttributeError,
+        TypeError,
+        KeyError,
+    ) as exc:
+        raise CheckpointError(
+            path, f"unreadable or truncated torch file ({_one_line(exc)})"
+        ) from None
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -328,8 +363,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             metadata = f.metadata() or {}
             return {k: f.get_tensor(k) for k in f.keys()}, metadata
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(path, f"unreadable or truncated safetensors file "
-                                    f"({_one_line(exc)})") from None
+        raise CheckpointError(
+            path, f"unreadable or truncated safetensors file ({_one_line(exc)})"
+        ) from None
 
 
 def _unwrap(obj: object) -> tuple[dict[str, torch.Tensor], bool]:
@@ -347,7 +383,7 @@ def _unwrap(obj: object) -> tuple[dict[str, torch.Tensor], bool]:
 
 def _strip_module_prefix(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
     if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}, True
+        return {k[len("module.") :]: v for k, v in state.items()}, True
     return state, False
 
 
@@ -389,8 +425,11 @@ def read_clip_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str
     state = _to_openai_names(state)
     if "visual.conv1.weight" not in state or "token_embedding.weight" not in state:
         found = ", ".join(sorted(state)[:3]) or "no tensors"
-        raise CheckpointError(path, "holds no CLIP weights (no visual.conv1.weight / "
-                                    f"token_embedding.weight; found {found})")
+        raise CheckpointError(
+            path,
+            "holds no CLIP weights (no visual.conv1.weight / "
+            f"token_embedding.weight; found {found})",
+        )
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     if container == "torchscript":
         fmt = "openai-torchscript"
@@ -405,8 +444,7 @@ def read_clip_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str
 
 # ---- config inference ---------------------------------------------------------------------
 def _block_count(state: Mapping[str, torch.Tensor], prefix: str) -> int:
-    indices = {int(m.group(1)) for k in state
-               if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+    indices = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
     if not indices:
         raise ValueError(f"no {prefix}N.* weights")
     if indices != set(range(len(indices))):
@@ -423,8 +461,12 @@ def _shape(state: Mapping[str, torch.Tensor], key: str, ndim: int) -> tuple[int,
     return shape
 
 
-def infer_config(state: Mapping[str, torch.Tensor], *, vision_heads: int | None = None,
-                 text_heads: int | None = None) -> CLIPConfig:
+def infer_config(
+    state: Mapping[str, torch.Tensor],
+    *,
+    vision_heads: int | None = None,
+    text_heads: int | None = None,
+) -> CLIPConfig:
     """The :class:`CLIPConfig` of an OpenAI-named ViT CLIP state dict, from tensor shapes.
 
     Sizes follow OpenAI's ``build_model``. Head counts leave no trace in the shapes, so
@@ -445,38 +487,59 @@ def infer_config(state: Mapping[str, torch.Tensor], *, vision_heads: int | None 
         raise ValueError("ResNet CLIP image towers are not supported (only ViT)")
     width, channels, patch, patch_w = _shape(state, "visual.conv1.weight", 4)
     if channels != 3 or patch != patch_w:
-        raise ValueError(f"visual.conv1.weight {(width, channels, patch, patch_w)} is not a "
-                         "square RGB patch embedding")
+        raise ValueError(
+            f"visual.conv1.weight {(width, channels, patch, patch_w)} is not a "
+            "square RGB patch embedding"
+        )
     positions = _shape(state, "visual.positional_embedding", 2)[0] - 1
     grid = round(positions**0.5)
     if grid * grid != positions:
-        raise ValueError(f"visual.positional_embedding has {positions} + 1 rows, not a square "
-                         "grid plus the class token")
+        raise ValueError(
+            f"visual.positional_embedding has {positions} + 1 rows, not a square "
+            "grid plus the class token"
+        )
     context_length, text_width = _shape(state, "positional_embedding", 2)
     vocab_size = _shape(state, "token_embedding.weight", 2)[0]
     embed_dim = _shape(state, "text_projection", 2)[1]
-    vision = VisionConfig(image_size=patch * grid, patch_size=patch, width=width,
-                          layers=_block_count(state, "visual.transformer.resblocks."), heads=0)
-    text = TextConfig(context_length=context_length, vocab_size=vocab_size, width=text_width,
-                      layers=_block_count(state, "transformer.resblocks."), heads=0)
+    vision = VisionConfig(
+        image_size=patch * grid,
+        patch_size=patch,
+        width=width,
+        layers=_block_count(state, "visual.transformer.resblocks."),
+        heads=0,
+    )
+    text = TextConfig(
+        context_length=context_length,
+        vocab_size=vocab_size,
+        width=text_width,
+        layers=_block_count(state, "transformer.resblocks."),
+        heads=0,
+    )
 
     def heads_of(kind: str, tower_width: int, given: int | None) -> int:
         if given is not None:
             return given
         for preset in CLIP_CONFIGS.values():
-            if (preset.embed_dim == embed_dim and _same_but_heads(preset.vision, vision)
-                    and _same_but_heads(preset.text, text)):
+            if (
+                preset.embed_dim == embed_dim
+                and _same_but_heads(preset.vision, vision)
+                and _same_but_heads(preset.text, text)
+            ):
                 return getattr(preset, kind).heads
         if tower_width % 64:
-            raise ValueError(f"cannot infer the {kind} tower's heads (width {tower_width} is "
-                             "not a multiple of 64); pass them explicitly")
+            raise ValueError(
+                f"cannot infer the {kind} tower's heads (width {tower_width} is "
+                "not a multiple of 64); pass them explicitly"
+            )
         return tower_width // 64
 
     return CLIPConfig(
         embed_dim=embed_dim,
-        vision=VisionConfig(**{**vision.__dict__, "heads": heads_of("vision", width,
-                                                                    vision_heads)}),
-        text=TextConfig(**{**text.__dict__, "heads": heads_of("text", text_width, text_heads)}))
+        vision=VisionConfig(
+            **{**vision.__dict__, "heads": heads_of("vision", width, vision_heads)}
+        ),
+        text=TextConfig(**{**text.__dict__, "heads": heads_of("text", text_width, text_heads)}),
+    )
 
 
 def _same_but_heads(a: VisionConfig | TextConfig, b: VisionConfig | TextConfig) -> bool:
@@ -484,8 +547,9 @@ def _same_but_heads(a: VisionConfig | TextConfig, b: VisionConfig | TextConfig) 
 
 
 # ---- loading ------------------------------------------------------------------------------
-def load_clip(path: str | Path, *, expected: CLIPConfig | None = None,
-              device: str | torch.device = "cpu") -> CLIP:
+def load_clip(
+    path: str | Path, *, expected: CLIPConfig | None = None, device: str | torch.device = "cpu"
+) -> CLIP:
     """Build a :class:`CLIP` from a weights file in any supported format.
 
     The file's sha256 is looked up in :data:`KNOWN_CLIP_FILES` and logged; a file named
@@ -514,13 +578,20 @@ def load_clip(path: str | Path, *, expected: CLIPConfig | None = None,
     else:
         log.info("%s: unknown CLIP file (sha256 %s)", path, digest)
     if path.name == "ViT-B-32.pt" and digest != OPENAI_VIT_B_32_SHA256:
-        log.warning("%s: named like OpenAI's ViT-B/32 but is not the file OpenAI released "
-                    "(sha256 %s, expected %s)", path, digest, OPENAI_VIT_B_32_SHA256)
+        log.warning(
+            "%s: named like OpenAI's ViT-B/32 but is not the file OpenAI released "
+            "(sha256 %s, expected %s)",
+            path,
+            digest,
+            OPENAI_VIT_B_32_SHA256,
+        )
     state, fmt = read_clip_state_dict(path)
     try:
         config = infer_config(
-            state, vision_heads=expected.vision.heads if expected else None,
-            text_heads=expected.text.heads if expected else None)
+            state,
+            vision_heads=expected.vision.heads if expected else None,
+            text_heads=expected.text.heads if expected else None,
+        )
     except ValueError as exc:
         raise CheckpointError(path, f"not a supported CLIP: {exc}") from None
     if expected is not None and config != expected:
@@ -539,8 +610,11 @@ def load_clip(path: str | Path, *, expected: CLIPConfig | None = None,
 
 def _config_diff(found: CLIPConfig, expected: CLIPConfig) -> str:
     flat_found, flat_expected = _flatten(found.to_dict()), _flatten(expected.to_dict())
-    return ", ".join(f"{k} {flat_found[k]} (expected {flat_expected[k]})"
-                     for k in sorted(flat_found) if flat_found[k] != flat_expected[k])
+    return ", ".join(
+        f"{k} {flat_found[k]} (expected {flat_expected[k]})"
+        for k in sorted(flat_found)
+        if flat_found[k] != flat_expected[k]
+    )
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
@@ -554,8 +628,7 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
 
 
 # ---- download (never used by the tests' code paths) ---------------------------------------
-def download_clip(dest_dir: str | Path, source: str = "openai", *, timeout: float = 60.0
-                  ) -> Path:
+def download_clip(dest_dir: str | Path, source: str = "openai", *, timeout: float = 60.0) -> Path:
     """Download released CLIP weights into ``dest_dir``, verified by sha256.
 
     The file is streamed to a temporary file in ``dest_dir``, hashed on the way, and only
@@ -592,8 +665,11 @@ def download_clip(dest_dir: str | Path, source: str = "openai", *, timeout: floa
                 digest.update(chunk)
                 out.write(chunk)
         if digest.hexdigest() != expected_sha:
-            raise CheckpointError(url, f"downloaded file has sha256 {digest.hexdigest()}, "
-                                       f"expected {expected_sha}; discarded")
+            raise CheckpointError(
+                url,
+                f"downloaded file has sha256 {digest.hexdigest()}, "
+                f"expected {expected_sha}; discarded",
+            )
         os.replace(tmp, dest)
     except (urllib.error.URLError, OSError) as exc:
         raise CheckpointError(url, f"download failed ({_one_line(exc)})") from None

@@ -121,10 +121,10 @@ class CLIP(nn.Module):
         self.ln_final = nn.LayerNorm(text.width)
         self.text_projection = nn.Parameter(torch.zeros(text.width, config.embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1),
-                             persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1),
-                             persistent=False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -159,8 +159,9 @@ class CLIP(nn.Module):
         """
         size = self.config.vision.image_size
         if images.shape[-2:] != (size, size):
-            images = F.interpolate(images, size=(size, size), mode="bilinear",
-                                   align_corners=False, antialias=True)
+            images = F.interpolate(
+                images, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+            )
         return (images - self.pixel_mean) / self.pixel_std
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -178,8 +179,9 @@ class CLIP(nn.Module):
         cut = int(eot_index.max()) + 1
         return self.encode_token_embeddings(self.token_embedding(tokens[:, :cut]), eot_index)
 
-    def encode_token_embeddings(self, embeddings: torch.Tensor,
-                                eot_index: torch.Tensor) -> torch.Tensor:
+    def encode_token_embeddings(
+        self, embeddings: torch.Tensor, eot_index: torch.Tensor
+    ) -> torch.Tensor:
         """Run the text tower on token embeddings (B, L, W), e.g. learnable prompts.
 
         The tower is causal, so the end token's output depends only on the tokens up to it:
@@ -192,8 +194,9 @@ class CLIP(nn.Module):
         """
         length = embeddings.shape[1]
         if length > self.config.text.context_length:
-            raise ValueError(f"{length} tokens exceed the context length "
-                             f"{self.config.text.context_length}")
+            raise ValueError(
+                f"{length} tokens exceed the context length {self.config.text.context_length}"
+            )
         x = embeddings + self.positional_embedding[:length].to(embeddings.dtype)
         x = self.ln_final(self.transformer(x, causal=True))
         rows = torch.arange(x.shape[0], device=x.device)

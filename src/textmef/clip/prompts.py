@@ -71,13 +71,21 @@ class PromptLearner(nn.Module):
         texts: The handcrafted texts (``fixed`` mode), else empty.
     """
 
-    def __init__(self, embeddings: torch.Tensor, eot_index: torch.Tensor, mode: str,
-                 length: int, texts: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        embeddings: torch.Tensor,
+        eot_index: torch.Tensor,
+        mode: str,
+        length: int,
+        texts: Sequence[str] = (),
+    ) -> None:
         super().__init__()
         _check_mode(mode)
         if embeddings.ndim != 3 or embeddings.shape[0] != len(prompt_classes(mode)):
-            raise ValueError(f"{mode} prompts need ({len(prompt_classes(mode))}, T, W) "
-                             f"embeddings, got {tuple(embeddings.shape)}")
+            raise ValueError(
+                f"{mode} prompts need ({len(prompt_classes(mode))}, T, W) "
+                f"embeddings, got {tuple(embeddings.shape)}"
+            )
         self.mode = mode
         self.length = length
         self.texts = tuple(texts)
@@ -106,9 +114,14 @@ def prompt_logits(image_features: torch.Tensor, text_features: torch.Tensor) -> 
     return LOGIT_SCALE * image_features @ text_features.t()
 
 
-def init_prompts(clip: CLIP, mode: str = "learned", length: int = 16,
-                 texts: Sequence[str] | None = None, tokenizer: Any = None,
-                 generator: torch.Generator | None = None) -> PromptLearner:
+def init_prompts(
+    clip: CLIP,
+    mode: str = "learned",
+    length: int = 16,
+    texts: Sequence[str] | None = None,
+    tokenizer: Any = None,
+    generator: torch.Generator | None = None,
+) -> PromptLearner:
     """Fresh prompts for ``clip``, initialised as the authors do.
 
     Learnable prompts: the token embeddings of "X X … X" (``length`` times) over the whole
@@ -192,28 +205,41 @@ class PromptSet:
         architecture, or the same one with other weights) they mean nothing.
         """
         if clip.config != self.clip_config:
-            raise CheckpointError(self.path, "these prompts were learned with a different CLIP "
-                                             f"architecture ({_describe(self.clip_config)}), "
-                                             f"not {_describe(clip.config)}")
+            raise CheckpointError(
+                self.path,
+                "these prompts were learned with a different CLIP "
+                f"architecture ({_describe(self.clip_config)}), "
+                f"not {_describe(clip.config)}",
+            )
         if fingerprint is None:
             from textmef.clip.loading import clip_fingerprint
 
             fingerprint = clip_fingerprint(clip)
         if fingerprint != self.clip_fingerprint:
-            raise CheckpointError(self.path, "these prompts were learned with other CLIP weights "
-                                             f"(fingerprint {self.clip_fingerprint[:16]}…, "
-                                             f"given {fingerprint[:16]}…); use the CLIP file "
-                                             "they were trained with, or train new prompts")
+            raise CheckpointError(
+                self.path,
+                "these prompts were learned with other CLIP weights "
+                f"(fingerprint {self.clip_fingerprint[:16]}…, "
+                f"given {fingerprint[:16]}…); use the CLIP file "
+                "they were trained with, or train new prompts",
+            )
 
 
 def _describe(config: CLIPConfig) -> str:
     v, t = config.vision, config.text
-    return (f"ViT patch {v.patch_size} width {v.width} x{v.layers}, text width {t.width} "
-            f"x{t.layers}, embed {config.embed_dim}")
+    return (
+        f"ViT patch {v.patch_size} width {v.width} x{v.layers}, text width {t.width} "
+        f"x{t.layers}, embed {config.embed_dim}"
+    )
 
 
-def save_prompts(path: str | Path, learner: PromptLearner, clip: CLIP, fingerprint: str,
-                 info: dict[str, Any] | None = None) -> Path:
+def save_prompts(
+    path: str | Path,
+    learner: PromptLearner,
+    clip: CLIP,
+    fingerprint: str,
+    info: dict[str, Any] | None = None,
+) -> Path:
     """Write prompts, their text features and their CLIP's identity to a safetensors file.
 
     Args:
@@ -238,8 +264,11 @@ def save_prompts(path: str | Path, learner: PromptLearner, clip: CLIP, fingerpri
         "clip_fingerprint": fingerprint,
         "info": json.dumps(info or {}, sort_keys=True),
     }
-    tensors = {"embeddings": learner.embeddings.float(), "eot_index": learner.eot_index,
-               "text_features": features.float()}
+    tensors = {
+        "embeddings": learner.embeddings.float(),
+        "eot_index": learner.eot_index,
+        "text_features": features.float(),
+    }
     return save_safetensors_atomic(tensors, path, metadata)
 
 
@@ -249,8 +278,12 @@ def load_prompts(path: str | Path) -> PromptSet:
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(path, "is a directory, expected a prompts .safetensors file"
-                              if path.is_dir() else "no such prompts file")
+        raise CheckpointError(
+            path,
+            "is a directory, expected a prompts .safetensors file"
+            if path.is_dir()
+            else "no such prompts file",
+        )
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
@@ -258,14 +291,24 @@ def load_prompts(path: str | Path) -> PromptSet:
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(path, f"not a readable safetensors file ({exc})") from None
     if metadata.get("format") != PROMPTS_FORMAT:
-        raise CheckpointError(path, "is not a textmef prompts file "
-                                    f"(format {metadata.get('format')!r})")
+        raise CheckpointError(
+            path, f"is not a textmef prompts file (format {metadata.get('format')!r})"
+        )
     try:
-        learner = PromptLearner(tensors["embeddings"], tensors["eot_index"], metadata["mode"],
-                                int(metadata["length"]), json.loads(metadata["texts"]))
-        return PromptSet(learner=learner, text_features=tensors["text_features"],
-                         clip_config=CLIPConfig.from_json(metadata["clip_config"]),
-                         clip_fingerprint=metadata["clip_fingerprint"],
-                         info=json.loads(metadata.get("info", "{}")), path=path)
+        learner = PromptLearner(
+            tensors["embeddings"],
+            tensors["eot_index"],
+            metadata["mode"],
+            int(metadata["length"]),
+            json.loads(metadata["texts"]),
+        )
+        return PromptSet(
+            learner=learner,
+            text_features=tensors["text_features"],
+            clip_config=CLIPConfig.from_json(metadata["clip_config"]),
+            clip_fingerprint=metadata["clip_fingerprint"],
+            info=json.loads(metadata.get("info", "{}")),
+            path=path,
+        )
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(path, f"damaged prompts file ({exc!r})") from None

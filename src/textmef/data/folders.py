@@ -22,16 +22,18 @@ def list_images(folder: str | Path) -> list[Path]:
         raise InputError(folder, "no such folder")
     if not folder.is_dir():
         raise InputError(folder, "is a file, expected a folder of images")
-    images = sorted(p for p in folder.iterdir()
-                    if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+    images = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
+    )
     if not images:
         wanted = ", ".join(sorted(SUPPORTED_SUFFIXES))
         raise InputError(folder, f"holds no images ({wanted})")
     return images
 
 
-def split_holdout(items: Sequence[Path], fraction: float, seed: int
-                  ) -> tuple[list[Path], list[Path]]:
+def split_holdout(
+    items: Sequence[Path], fraction: float, seed: int
+) -> tuple[list[Path], list[Path]]:
     """Split ``items`` into (train, held-out) reproducibly.
 
     At least one item is held out when ``fraction > 0`` and two or more items exist, and at

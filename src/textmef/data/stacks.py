@@ -106,14 +106,17 @@ class PairOptions:
         if self.pick not in PICK_MODES:
             raise InputError(None, f"pick must be one of {PICK_MODES}, not {self.pick!r}")
         if self.reference not in REFERENCE_METHODS:
-            raise InputError(None, f"reference must be one of {REFERENCE_METHODS}, "
-                                   f"not {self.reference!r}")
+            raise InputError(
+                None, f"reference must be one of {REFERENCE_METHODS}, not {self.reference!r}"
+            )
         if not (math.isfinite(self.ev_gap) and self.ev_gap > 0):
-            raise InputError(None, f"the EV gap must be a positive number of stops, "
-                                   f"not {self.ev_gap}")
+            raise InputError(
+                None, f"the EV gap must be a positive number of stops, not {self.ev_gap}"
+            )
         if self.max_side is not None and self.max_side < io.MIN_SIDE:
-            raise InputError(None, f"max side must be at least {io.MIN_SIDE} pixels, "
-                                   f"not {self.max_side}")
+            raise InputError(
+                None, f"max side must be at least {io.MIN_SIDE} pixels, not {self.max_side}"
+            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -240,9 +243,15 @@ def load_stack(folder: str | os.PathLike[str], max_side: int | None = None) -> l
     frames = []
     for path, image in zip(paths, images):
         pixels = _downsize(image.pixels, max_side)
-        frames.append(Frame(path=path, pixels=pixels, bit_depth=image.bit_depth,
-                            exposure_time=read_exposure_time(path),
-                            mean_luminance=mean_luminance(pixels)))
+        frames.append(
+            Frame(
+                path=path,
+                pixels=pixels,
+                bit_depth=image.bit_depth,
+                exposure_time=read_exposure_time(path),
+                mean_luminance=mean_luminance(pixels),
+            )
+        )
     return frames
 
 
@@ -257,8 +266,9 @@ def order_by_exposure(frames: Sequence[Frame]) -> tuple[list[Frame], str]:
     """
     times = [f.exposure_time for f in frames]
     if all(t is not None for t in times) and len(set(times)) > 1:
-        return sorted(frames, key=lambda f: (f.exposure_time, f.mean_luminance,
-                                             f.path.name)), ORDER_EXIF
+        return sorted(
+            frames, key=lambda f: (f.exposure_time, f.mean_luminance, f.path.name)
+        ), ORDER_EXIF
     return sorted(frames, key=lambda f: (f.mean_luminance, f.path.name)), ORDER_LUMINANCE
 
 
@@ -290,20 +300,24 @@ def estimate_ev_step(darker: np.ndarray, brighter: np.ndarray) -> float:
         ``log2`` of the median linear-luminance ratio over pixels well exposed in both.
     """
     lo, hi = _WELL_EXPOSED
-    shared = ((darker.min(axis=2) >= lo) & (darker.max(axis=2) <= hi)
-              & (brighter.min(axis=2) >= lo) & (brighter.max(axis=2) <= hi))
+    shared = (
+        (darker.min(axis=2) >= lo)
+        & (darker.max(axis=2) <= hi)
+        & (brighter.min(axis=2) >= lo)
+        & (brighter.max(axis=2) <= hi)
+    )
     y_dark, y_bright = _linear_luma(darker), _linear_luma(brighter)
     if np.count_nonzero(shared) >= _MIN_SHARED:
         ratio = float(np.median(y_bright[shared] / y_dark[shared]))
     else:
         # Too little overlap (a huge step, or mostly clipped frames): compare the means.
         ratio = float(y_bright.mean(dtype=np.float64)) / max(
-            float(y_dark.mean(dtype=np.float64)), 1e-6)
+            float(y_dark.mean(dtype=np.float64)), 1e-6
+        )
     return max(math.log2(ratio), 0.0) if ratio > 0 else 0.0
 
 
-def pick_pair(ev: Sequence[float], pick: str = "extremes", ev_gap: float = 2.0
-              ) -> tuple[int, int]:
+def pick_pair(ev: Sequence[float], pick: str = "extremes", ev_gap: float = 2.0) -> tuple[int, int]:
     """Choose the under- and over-exposed frame of a stack.
 
     ``extremes`` takes the first and last frame. ``ev-gap`` takes the pair whose gap is
@@ -333,8 +347,14 @@ def pick_pair(ev: Sequence[float], pick: str = "extremes", ev_gap: float = 2.0
     near = [p for p in pairs if deviation[p] <= closest + _EV_TOLERANCE]
     # Rounded keys: the estimated exposures are noisy in the last digits, and a near-tie
     # must not be decided by that noise.
-    return min(near, key=lambda p: (round(abs((ev[p[0]] + ev[p[1]]) / 2 - middle), 3),
-                                    round(deviation[p], 3), p))
+    return min(
+        near,
+        key=lambda p: (
+            round(abs((ev[p[0]] + ev[p[1]]) / 2 - middle), 3),
+            round(deviation[p], 3),
+            p,
+        ),
+    )
 
 
 def mertens(frames: Sequence[np.ndarray]) -> np.ndarray:
@@ -370,8 +390,7 @@ def hdr_tonemap(frames: Sequence[np.ndarray], ev: Sequence[float]) -> np.ndarray
     Raises:
         cv2.error: OpenCV rejected the data.
     """
-    images = [np.rint(np.clip(f, 0, 1) * 255).astype(np.uint8)[..., ::-1].copy()
-              for f in frames]
+    images = [np.rint(np.clip(f, 0, 1) * 255).astype(np.uint8)[..., ::-1].copy() for f in frames]
     times = np.exp2(np.asarray(ev, dtype=np.float64) - max(ev)).astype(np.float32)
     with opencv_serial():
         calibrate = cv2.createCalibrateDebevec(_DEBEVEC_SAMPLES, _DEBEVEC_LAMBDA, False)
@@ -391,9 +410,13 @@ def hdr_tonemap(frames: Sequence[np.ndarray], ev: Sequence[float]) -> np.ndarray
     return _lift_dark(_to_rgb01(mapped))
 
 
-def pseudo_reference(frames: Sequence[np.ndarray], ev: Sequence[float],
-                     method: str = "best", bit_depth: int = 8,
-                     scorer: Scorer | None = None) -> Reference:
+def pseudo_reference(
+    frames: Sequence[np.ndarray],
+    ev: Sequence[float],
+    method: str = "best",
+    bit_depth: int = 8,
+    scorer: Scorer | None = None,
+) -> Reference:
     """Build the pseudo reference of a stack from all its frames.
 
     Every candidate made is rounded to ``bit_depth`` (so it is scored as it will be
@@ -415,8 +438,7 @@ def pseudo_reference(frames: Sequence[np.ndarray], ev: Sequence[float],
         cv2.error: ``method="hdr"`` and OpenCV failed on the data.
     """
     if method not in REFERENCE_METHODS:
-        raise ValueError(f"unknown reference method {method!r}; use one of "
-                         f"{REFERENCE_METHODS}")
+        raise ValueError(f"unknown reference method {method!r}; use one of {REFERENCE_METHODS}")
     score = scorer or mef_ssim_score
     stack = np.stack(frames)
     levels = (1 << bit_depth) - 1
@@ -458,9 +480,13 @@ def stack_name(relative: Path, root: Path) -> str:
     return "_".join(parts) if parts else root.resolve().name
 
 
-def make_pairs(stacks_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-               options: PairOptions | None = None, progress: bool = False,
-               scorer: Scorer | None = None) -> dict:
+def make_pairs(
+    stacks_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    options: PairOptions | None = None,
+    progress: bool = False,
+    scorer: Scorer | None = None,
+) -> dict:
     """Turn every stack under ``stacks_dir`` into ``under/``, ``over/`` and ``gt/`` PNGs.
 
     Writes ``out_dir/{under,over,gt}/NAME.png`` (16-bit when every frame of the stack is
@@ -515,13 +541,17 @@ def make_pairs(stacks_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         owners[name] = source
         outputs = {kind: f"{kind}/{name}.png" for kind in OUTPUT_KINDS}
         old = previous.get(source)
-        if (old is not None and old.get("outputs") == outputs
-                and all((out / p).is_file() for p in outputs.values())):
+        if (
+            old is not None
+            and old.get("outputs") == outputs
+            and all((out / p).is_file() for p in outputs.values())
+        ):
             manifest["stacks"].append(old)
         else:
             try:
                 manifest["stacks"].append(
-                    _make_one(folder, source, name, out, outputs, options, scorer))
+                    _make_one(folder, source, name, out, outputs, options, scorer)
+                )
             except (InputError, cv2.error) as exc:
                 reason = exc.problem if isinstance(exc, NotAStackError) else _reason(exc)
                 _skip(manifest, source, reason)
@@ -531,8 +561,15 @@ def make_pairs(stacks_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     return manifest
 
 
-def _make_one(folder: Path, source: str, name: str, out: Path, outputs: dict[str, str],
-              options: PairOptions, scorer: Scorer | None) -> dict:
+def _make_one(
+    folder: Path,
+    source: str,
+    name: str,
+    out: Path,
+    outputs: dict[str, str],
+    options: PairOptions,
+    scorer: Scorer | None,
+) -> dict:
     frames, ordering = order_by_exposure(load_stack(folder, options.max_side))
     alignment = None
     if options.align:
@@ -540,10 +577,14 @@ def _make_one(folder: Path, source: str, name: str, out: Path, outputs: dict[str
     ev = relative_exposures(frames, ordering)
     under, over = pick_pair(ev.tolist(), options.pick, options.ev_gap)
     bit_depth = 16 if all(f.bit_depth == 16 for f in frames) else 8
-    reference = pseudo_reference([f.pixels for f in frames], ev.tolist(), options.reference,
-                                 bit_depth, scorer)
-    for kind, pixels in (("under", frames[under].pixels), ("over", frames[over].pixels),
-                         ("gt", reference.image)):
+    reference = pseudo_reference(
+        [f.pixels for f in frames], ev.tolist(), options.reference, bit_depth, scorer
+    )
+    for kind, pixels in (
+        ("under", frames[under].pixels),
+        ("over", frames[over].pixels),
+        ("gt", reference.image),
+    ):
         io.write_image(out / outputs[kind], pixels, bit_depth)
     height, width = frames[0].pixels.shape[:2]
     return {
@@ -552,15 +593,22 @@ def _make_one(folder: Path, source: str, name: str, out: Path, outputs: dict[str
         "size": [width, height],
         "bit_depth": bit_depth,
         "ordering": ordering,
-        "frames": [{"file": f.path.name, "mean_luminance": _round(f.mean_luminance),
-                    "exposure_time": f.exposure_time, "ev": _round(e)}
-                   for f, e in zip(frames, ev.tolist())],
+        "frames": [
+            {
+                "file": f.path.name,
+                "mean_luminance": _round(f.mean_luminance),
+                "exposure_time": f.exposure_time,
+                "ev": _round(e),
+            }
+            for f, e in zip(frames, ev.tolist())
+        ],
         "under": frames[under].path.name,
         "over": frames[over].path.name,
         "pair_ev_gap": _round(ev[over] - ev[under]),
-        "reference": {"chosen": reference.method,
-                      "scores": {k: None if v is None else _round(v)
-                                 for k, v in reference.scores.items()}},
+        "reference": {
+            "chosen": reference.method,
+            "scores": {k: None if v is None else _round(v) for k, v in reference.scores.items()},
+        },
         "gt_mean_luminance": _round(mean_luminance(reference.image)),
         "outputs": outputs,
         **({"alignment": alignment} if alignment else {}),
@@ -577,9 +625,15 @@ def _align(frames: Sequence[Frame]) -> tuple[list[Frame], dict]:
     middle = len(frames) // 2
     result = align_frames([f.pixels for f in frames], reference_index=middle)
     aligned = [replace(f, pixels=p) for f, p in zip(frames, result.frames)]
-    report = {"reference": frames[middle].path.name, "crop": list(result.crop),
-              "motions": {f.path.name: m.describe() for f, m in zip(frames, result.motions)
-                          if f is not frames[middle]}}
+    report = {
+        "reference": frames[middle].path.name,
+        "crop": list(result.crop),
+        "motions": {
+            f.path.name: m.describe()
+            for f, m in zip(frames, result.motions)
+            if f is not frames[middle]
+        },
+    }
     return aligned, report
 
 
@@ -634,8 +688,9 @@ def _linear_luma(pixels: np.ndarray) -> np.ndarray:
 
 
 def _bgr255(pixels: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.clip(pixels[..., ::-1], 0, 1) * np.float32(255),
-                                dtype=np.float32)
+    return np.ascontiguousarray(
+        np.clip(pixels[..., ::-1], 0, 1) * np.float32(255), dtype=np.float32
+    )
 
 
 def _to_rgb01(bgr: np.ndarray) -> np.ndarray:

@@ -57,20 +57,25 @@ def find_triplets(root: str | Path, require_gt: bool = True) -> list[Triplet]:
             break
     else:
         refs = "" if require_gt else " (gt/ optional)"
-        raise InputError(root, f"expected under/ over/ gt/{refs} (or SICE's trainA/ trainB/ "
-                               "trainC/) folders inside")
+        raise InputError(
+            root,
+            f"expected under/ over/ gt/{refs} (or SICE's trainA/ trainB/ trainC/) folders inside",
+        )
     if not (root / layout[2]).is_dir():
         layout = layout[:2]
     by_stem = [{p.stem: p for p in list_images(root / name)} for name in layout]
     stems = sorted(set.intersection(*(set(d) for d in by_stem)))
     if not stems:
         raise InputError(root, f"no file stem is present in all of {', '.join(layout)}")
-    return [Triplet(s, by_stem[0][s], by_stem[1][s], by_stem[2][s] if len(layout) == 3 else None)
-            for s in stems]
+    return [
+        Triplet(s, by_stem[0][s], by_stem[1][s], by_stem[2][s] if len(layout) == 3 else None)
+        for s in stems
+    ]
 
 
-def split_by_sequence(triplets: Sequence[Triplet], val_fraction: float
-                      ) -> tuple[list[Triplet], list[Triplet]]:
+def split_by_sequence(
+    triplets: Sequence[Triplet], val_fraction: float
+) -> tuple[list[Triplet], list[Triplet]]:
     """A fixed (train, validation) split by sequence name.
 
     Each name goes to validation when the hash of the name falls below ``val_fraction``, so
@@ -93,8 +98,9 @@ def load_triplet(triplet: Triplet, max_side: int | None = None) -> tuple[np.ndar
     images = [io.read_image(p) for p in (triplet.under, triplet.over, triplet.gt)]
     shapes = {im.pixels.shape for im in images}
     if len(shapes) != 1:
-        raise InputError(triplet.gt, f"sequence {triplet.name!r} mixes image sizes "
-                                     f"{sorted(shapes)}")
+        raise InputError(
+            triplet.gt, f"sequence {triplet.name!r} mixes image sizes {sorted(shapes)}"
+        )
     arrays = [im.pixels for im in images]
     if max_side and max(arrays[0].shape[:2]) > max_side:
         import cv2
@@ -128,8 +134,14 @@ class TripletCrops(torch.utils.data.Dataset):
         max_side: Downsize images whose longer side exceeds this first (None: keep).
     """
 
-    def __init__(self, triplets: Sequence[Triplet], crop: int, augment: bool = True,
-                 seed: int = 0, max_side: int | None = None) -> None:
+    def __init__(
+        self,
+        triplets: Sequence[Triplet],
+        crop: int,
+        augment: bool = True,
+        seed: int = 0,
+        max_side: int | None = None,
+    ) -> None:
         self.triplets = list(triplets)
         self.crop = crop
         self.augment = augment
@@ -172,7 +184,7 @@ class TripletCrops(torch.utils.data.Dataset):
         top = int(torch.randint(0, h - self.crop + 1, (1,), generator=g))
         left = int(torch.randint(0, w - self.crop + 1, (1,), generator=g))
         # Same float32 division as io.read_image, so crops equal slices of the read images.
-        crop = stack[:, top:top + self.crop, left:left + self.crop].to(torch.float32) / levels
+        crop = stack[:, top : top + self.crop, left : left + self.crop].to(torch.float32) / levels
         if self.augment:
             crop = dihedral(crop, int(torch.randint(0, 8, (1,), generator=g)))
         crop = crop.contiguous()
@@ -202,8 +214,9 @@ class StreamBatches(torch.utils.data.Sampler[list[int]]):
     ``s * batch * world ... + batch * world - 1``; process ``rank`` takes its contiguous share.
     """
 
-    def __init__(self, batch: int, start_step: int, total_steps: int, rank: int = 0,
-                 world: int = 1) -> None:
+    def __init__(
+        self, batch: int, start_step: int, total_steps: int, rank: int = 0, world: int = 1
+    ) -> None:
         self.batch, self.start_step, self.total_steps = batch, start_step, total_steps
         self.rank, self.world = rank, world
 

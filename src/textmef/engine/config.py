@@ -190,10 +190,10 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainConfi
         hints = typing.get_type_hints(cls)
         unknown = sorted(set(values) - set(hints))
         if unknown:
-            raise InputError(source, f"unknown key(s) {unknown} in {name!r}; "
-                                     f"known: {sorted(hints)}")
-        sections[name] = cls(**{k: _coerce(v, hints[k], f"{name}.{k}")
-                                for k, v in values.items()})
+            raise InputError(
+                source, f"unknown key(s) {unknown} in {name!r}; known: {sorted(hints)}"
+            )
+        sections[name] = cls(**{k: _coerce(v, hints[k], f"{name}.{k}") for k, v in values.items()})
     return TrainConfig(**sections)
 
 
@@ -219,9 +219,13 @@ def add_override_flags(parser: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-            group.add_argument(f"--{name}.{f.name}", dest=f"override__{name}__{f.name}",
-                               metavar=_metavar(hints[f.name]), default=None,
-                               help=f"default {shown!r}" if shown != "" else "default unset")
+            group.add_argument(
+                f"--{name}.{f.name}",
+                dest=f"override__{name}__{f.name}",
+                metavar=_metavar(hints[f.name]),
+                default=None,
+                help=f"default {shown!r}" if shown != "" else "default unset",
+            )
 
 
 def _metavar(annotation: Any) -> str:

@@ -93,8 +93,13 @@ class PromptTrainingResult:
 
 # ---- features --------------------------------------------------------------------------
 @torch.no_grad()
-def encode_images(clip: CLIP, paths: Sequence[Path], views: int = DIHEDRAL_VIEWS,
-                  batch_size: int = 32, progress: bool = True) -> torch.Tensor:
+def encode_images(
+    clip: CLIP,
+    paths: Sequence[Path],
+    views: int = DIHEDRAL_VIEWS,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> torch.Tensor:
     """Unit-norm CLIP features of every image under ``views`` flips/rotations, (N, views, E).
 
     Each image is resized to CLIP's input size first (as the authors do), then flipped and
@@ -105,10 +110,11 @@ def encode_images(clip: CLIP, paths: Sequence[Path], views: int = DIHEDRAL_VIEWS
     device = clip.pixel_mean.device
     per_batch = max(1, batch_size // views)
     out = []
-    bar = tqdm(total=len(paths), desc="CLIP image features", unit="img",
-               disable=None if progress else True)
+    bar = tqdm(
+        total=len(paths), desc="CLIP image features", unit="img", disable=None if progress else True
+    )
     for start in range(0, len(paths), per_batch):
-        chunk = [_prepared(clip, p, device) for p in paths[start:start + per_batch]]
+        chunk = [_prepared(clip, p, device) for p in paths[start : start + per_batch]]
         stacked = torch.cat(chunk)
         batch = torch.stack([dihedral(stacked, v) for v in range(views)], dim=1)
         features = clip.encode_image(batch.flatten(0, 1))
@@ -132,8 +138,14 @@ def _data_key(fingerprint: str, views: int, paths: Sequence[Path]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def cached_features(clip: CLIP, fingerprint: str, paths: Sequence[Path], views: int,
-                    cache: Path | None, progress: bool = True) -> torch.Tensor:
+def cached_features(
+    clip: CLIP,
+    fingerprint: str,
+    paths: Sequence[Path],
+    views: int,
+    cache: Path | None,
+    progress: bool = True,
+) -> torch.Tensor:
     """:func:`encode_images`, reusing ``cache`` when it was made by this CLIP from these files.
 
     The key covers the CLIP fingerprint, the number of views, and every file's path, size
@@ -157,8 +169,9 @@ def cached_features(clip: CLIP, fingerprint: str, paths: Sequence[Path], views: 
 
 
 # ---- training --------------------------------------------------------------------------
-def _balanced_order(exposures: Sequence[str], epoch: int, seed: int, views: int
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def _balanced_order(
+    exposures: Sequence[str], epoch: int, seed: int, views: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Shuffled indices and random views for one epoch.
 
     Like the authors, the well-exposed images are repeated until they are half as many as
@@ -180,8 +193,9 @@ def _balanced_order(exposures: Sequence[str], epoch: int, seed: int, views: int
 
 
 @torch.no_grad()
-def class_accuracy(learner: PromptLearner, clip: CLIP, data: ExposureSet
-                   ) -> dict[str, float | None]:
+def class_accuracy(
+    learner: PromptLearner, clip: CLIP, data: ExposureSet
+) -> dict[str, float | None]:
     """Fraction of un-augmented images of each exposure whose best prompt is the right one."""
     if not data.exposures:
         return dict.fromkeys(EXPOSURES)
@@ -191,7 +205,7 @@ def class_accuracy(learner: PromptLearner, clip: CLIP, data: ExposureSet
     for exposure in EXPOSURES:
         rows = [i for i, e in enumerate(data.exposures) if e == exposure]
         target = class_index(learner.mode, exposure)
-        result[exposure] = (float((predicted[rows] == target).float().mean()) if rows else None)
+        result[exposure] = float((predicted[rows] == target).float().mean()) if rows else None
     return result
 
 
@@ -199,11 +213,18 @@ def _format_accuracy(acc: dict[str, float | None]) -> str:
     return " ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in acc.items())
 
 
-def train_prompts(clip: CLIP, fingerprint: str, folders: dict[str, Sequence[Path]],
-                  config: PromptTrainingConfig, output: Path, run_dir: Path,
-                  resume: bool = False, progress: bool = True,
-                  report: Callable[[str], None] = print,
-                  info: dict | None = None) -> PromptTrainingResult:
+def train_prompts(
+    clip: CLIP,
+    fingerprint: str,
+    folders: dict[str, Sequence[Path]],
+    config: PromptTrainingConfig,
+    output: Path,
+    run_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+    report: Callable[[str], None] = print,
+    info: dict | None = None,
+) -> PromptTrainingResult:
     """Learn prompts and write them to ``output``; state and feature cache go to ``run_dir``.
 
     Args:
@@ -237,23 +258,27 @@ def train_prompts(clip: CLIP, fingerprint: str, folders: dict[str, Sequence[Path
         train_exp += [exposure] * len(train)
         held_exp += [exposure] * len(held)
     all_paths = train_paths + held_paths
-    features = cached_features(clip, fingerprint, all_paths, views, run_dir / FEATURES_FILE,
-                               progress)
+    features = cached_features(
+        clip, fingerprint, all_paths, views, run_dir / FEATURES_FILE, progress
+    )
     train_set = ExposureSet(features[: len(train_paths)], train_exp, train_paths)
-    held_set = ExposureSet(features[len(train_paths):], held_exp, held_paths)
+    held_set = ExposureSet(features[len(train_paths) :], held_exp, held_paths)
     data_key = _data_key(fingerprint, views, all_paths)
 
     generator = torch.Generator().manual_seed(config.seed)
-    learner = init_prompts(clip, config.mode, config.length, config.texts or None,
-                           generator=generator).to(clip.pixel_mean.device)
+    learner = init_prompts(
+        clip, config.mode, config.length, config.texts or None, generator=generator
+    ).to(clip.pixel_mean.device)
     result = PromptTrainingResult(learner)
     start_epoch = 0
     optimizer = None
     if config.mode != "fixed":
-        optimizer = torch.optim.Adam(learner.parameters(), lr=config.lr,
-                                     weight_decay=config.weight_decay)
-        start_epoch, result.history = _start(run_dir / STATE_FILE, resume, learner, optimizer,
-                                             config, fingerprint, data_key)
+        optimizer = torch.optim.Adam(
+            learner.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        start_epoch, result.history = _start(
+            run_dir / STATE_FILE, resume, learner, optimizer, config, fingerprint, data_key
+        )
     elif resume:
         log.info("fixed prompts have nothing to resume")
 
@@ -262,56 +287,95 @@ def train_prompts(clip: CLIP, fingerprint: str, folders: dict[str, Sequence[Path
     epochs = range(start_epoch, config.epochs if optimizer is not None else 0)
     from tqdm import tqdm
 
-    bar = tqdm(epochs, desc="prompt epochs", unit="epoch", disable=None if progress else True,
-               initial=start_epoch, total=config.epochs if optimizer is not None else 0)
+    bar = tqdm(
+        epochs,
+        desc="prompt epochs",
+        unit="epoch",
+        disable=None if progress else True,
+        initial=start_epoch,
+        total=config.epochs if optimizer is not None else 0,
+    )
     for epoch in bar:
         order, view = _balanced_order(train_exp, epoch, config.seed, views)
         losses = []
         learner.train()
         for start in range(0, len(order), config.batch_size):
-            idx, vw = order[start:start + config.batch_size], view[start:start + config.batch_size]
+            idx, vw = (
+                order[start : start + config.batch_size],
+                view[start : start + config.batch_size],
+            )
             logits = learner(clip, train_set.features[idx, vw].to(device))
             loss = F.cross_entropy(logits, targets[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        entry = {"epoch": epoch + 1, "loss": sum(losses) / len(losses),
-                 "train": class_accuracy(learner, clip, train_set),
-                 "held_out": class_accuracy(learner, clip, held_set)}
+        entry = {
+            "epoch": epoch + 1,
+            "loss": sum(losses) / len(losses),
+            "train": class_accuracy(learner, clip, train_set),
+            "held_out": class_accuracy(learner, clip, held_set),
+        }
         result.history.append(entry)
-        _save_state(run_dir / STATE_FILE, learner, optimizer, config, fingerprint, data_key,
-                    epoch + 1, result.history)
-        line = (f"epoch {epoch + 1}/{config.epochs}  loss {entry['loss']:.4f}  "
-                f"train [{_format_accuracy(entry['train'])}]  "
-                f"held-out [{_format_accuracy(entry['held_out'])}]")
+        _save_state(
+            run_dir / STATE_FILE,
+            learner,
+            optimizer,
+            config,
+            fingerprint,
+            data_key,
+            epoch + 1,
+            result.history,
+        )
+        line = (
+            f"epoch {epoch + 1}/{config.epochs}  loss {entry['loss']:.4f}  "
+            f"train [{_format_accuracy(entry['train'])}]  "
+            f"held-out [{_format_accuracy(entry['held_out'])}]"
+        )
         bar.set_postfix(loss=f"{entry['loss']:.4f}")
         report(line)
     bar.close()
 
     if optimizer is None or not result.history:
-        entry = {"epoch": 0, "loss": None, "train": class_accuracy(learner, clip, train_set),
-                 "held_out": class_accuracy(learner, clip, held_set)}
+        entry = {
+            "epoch": 0,
+            "loss": None,
+            "train": class_accuracy(learner, clip, train_set),
+            "held_out": class_accuracy(learner, clip, held_set),
+        }
         result.history.append(entry)
-        report(f"{config.mode} prompts: train [{_format_accuracy(entry['train'])}]  "
-               f"held-out [{_format_accuracy(entry['held_out'])}]")
+        report(
+            f"{config.mode} prompts: train [{_format_accuracy(entry['train'])}]  "
+            f"held-out [{_format_accuracy(entry['held_out'])}]"
+        )
     result.seconds = time.perf_counter() - started
     final = result.history[-1]
-    stored = {"recipe": dataclasses.asdict(config),
-              "images": {e: len(folders[e]) for e in EXPOSURES},
-              "held_out_images": len(held_paths),
-              "epochs_run": final["epoch"], "final_loss": final["loss"],
-              "train_accuracy": final["train"], "held_out_accuracy": final["held_out"],
-              "seconds_this_session": round(result.seconds, 1)}
+    stored = {
+        "recipe": dataclasses.asdict(config),
+        "images": {e: len(folders[e]) for e in EXPOSURES},
+        "held_out_images": len(held_paths),
+        "epochs_run": final["epoch"],
+        "final_loss": final["loss"],
+        "train_accuracy": final["train"],
+        "held_out_accuracy": final["held_out"],
+        "seconds_this_session": round(result.seconds, 1),
+    }
     stored.update(info or {})
     result.output = save_prompts(output, learner, clip, fingerprint, stored)
     return result
 
 
 # ---- resumable state -------------------------------------------------------------------
-def _save_state(path: Path, learner: PromptLearner, optimizer: torch.optim.Optimizer,
-                config: PromptTrainingConfig, fingerprint: str, data_key: str, epochs_done: int,
-                history: list[dict]) -> None:
+def _save_state(
+    path: Path,
+    learner: PromptLearner,
+    optimizer: torch.optim.Optimizer,
+    config: PromptTrainingConfig,
+    fingerprint: str,
+    data_key: str,
+    epochs_done: int,
+    history: list[dict],
+) -> None:
     state = optimizer.state.get(learner.embeddings, {})
     tensors = {"embeddings": learner.embeddings}
     step = 0
@@ -319,21 +383,39 @@ def _save_state(path: Path, learner: PromptLearner, optimizer: torch.optim.Optim
         tensors["adam.exp_avg"] = state["exp_avg"]
         tensors["adam.exp_avg_sq"] = state["exp_avg_sq"]
         step = int(state["step"])
-    save_safetensors_atomic(tensors, path, {
-        "config": config.to_json(), "fingerprint": fingerprint, "data": data_key,
-        "epochs_done": str(epochs_done), "adam_step": str(step), "history": json.dumps(history)})
+    save_safetensors_atomic(
+        tensors,
+        path,
+        {
+            "config": config.to_json(),
+            "fingerprint": fingerprint,
+            "data": data_key,
+            "epochs_done": str(epochs_done),
+            "adam_step": str(step),
+            "history": json.dumps(history),
+        },
+    )
 
 
-def _start(path: Path, resume: bool, learner: PromptLearner, optimizer: torch.optim.Optimizer,
-           config: PromptTrainingConfig, fingerprint: str, data_key: str
-           ) -> tuple[int, list[dict]]:
+def _start(
+    path: Path,
+    resume: bool,
+    learner: PromptLearner,
+    optimizer: torch.optim.Optimizer,
+    config: PromptTrainingConfig,
+    fingerprint: str,
+    data_key: str,
+) -> tuple[int, list[dict]]:
     if not path.exists():
         if resume:
             log.warning("%s: no saved state, starting from scratch", path)
         return 0, []
     if not resume:
-        raise InputError(path.parent, "holds the state of an earlier prompt run; pass --resume "
-                                      "to continue it, or choose another run folder")
+        raise InputError(
+            path.parent,
+            "holds the state of an earlier prompt run; pass --resume "
+            "to continue it, or choose another run folder",
+        )
     from safetensors import safe_open
 
     try:
@@ -346,8 +428,9 @@ def _start(path: Path, resume: bool, learner: PromptLearner, optimizer: torch.op
     wanted = dataclasses.asdict(config)
     changed = sorted(k for k in wanted if k != "epochs" and saved.get(k) != _jsonable(wanted[k]))
     if changed:
-        raise InputError(path, f"was made with other settings ({', '.join(changed)}); "
-                               "resume with the same ones")
+        raise InputError(
+            path, f"was made with other settings ({', '.join(changed)}); resume with the same ones"
+        )
     if meta.get("fingerprint") != fingerprint:
         raise CheckpointError(path, "was made with other CLIP weights")
     if meta.get("data") != data_key:
@@ -357,11 +440,18 @@ def _start(path: Path, resume: bool, learner: PromptLearner, optimizer: torch.op
         learner.embeddings.copy_(tensors["embeddings"].to(device))
     step = int(meta.get("adam_step", "0"))
     if step:
-        optimizer.load_state_dict({
-            "state": {0: {"step": torch.tensor(float(step)),
-                          "exp_avg": tensors["adam.exp_avg"].to(device),
-                          "exp_avg_sq": tensors["adam.exp_avg_sq"].to(device)}},
-            "param_groups": optimizer.state_dict()["param_groups"]})
+        optimizer.load_state_dict(
+            {
+                "state": {
+                    0: {
+                        "step": torch.tensor(float(step)),
+                        "exp_avg": tensors["adam.exp_avg"].to(device),
+                        "exp_avg_sq": tensors["adam.exp_avg_sq"].to(device),
+                    }
+                },
+                "param_groups": optimizer.state_dict()["param_groups"],
+            }
+        )
     done = int(meta.get("epochs_done", "0"))
     log.info("resuming prompt training after epoch %d", done)
     return done, json.loads(meta.get("history", "[]"))

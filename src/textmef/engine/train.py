@@ -48,8 +48,19 @@ from textmef.models.fusionnet import CONFIGS, FusionNet, FusionNetConfig
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
-LOG_FIELDS = ["step", "kind", "loss", "mse", "clip", "lr", "sec_per_step", "val_psnr",
-              "val_ssim", "mertens_psnr", "mertens_ssim"]
+LOG_FIELDS = [
+    "step",
+    "kind",
+    "loss",
+    "mse",
+    "clip",
+    "lr",
+    "sec_per_step",
+    "val_psnr",
+    "val_ssim",
+    "mertens_psnr",
+    "mertens_ssim",
+]
 
 
 class TrainingDivergedError(TextmefError):
@@ -93,16 +104,18 @@ def init_distributed(device: str) -> Distributed:
 
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size(),
-                       int(os.environ.get("LOCAL_RANK", "0")))
+    return Distributed(
+        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    )
 
 
 def build_model_config(config: TrainConfig) -> FusionNetConfig:
     if config.model.name not in CONFIGS:
         raise InputError(None, f"unknown model {config.model.name!r}; known: {sorted(CONFIGS)}")
     base = CONFIGS[config.model.name]
-    changes = {k: v for k, v in (("width", config.model.width),
-                                 ("d_state", config.model.d_state)) if v}
+    changes = {
+        k: v for k, v in (("width", config.model.width), ("d_state", config.model.d_state)) if v
+    }
     return dataclasses.replace(base, **changes)
 
 
@@ -114,8 +127,11 @@ def _seed_everything(seed: int) -> None:
 
 def _rng_state() -> dict:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
 
 
 def _set_rng_state(state: dict) -> None:
@@ -143,10 +159,13 @@ def _clip_loss(config: TrainConfig, device: torch.device, report: Callable[[str]
         report("λ = 0 (loss.clip_weight is 0): training with MSE only, the paper's λ = 0 variant")
         return None
     if not (loss.clip and loss.prompts):
-        missing = " and ".join(n for n, v in (("loss.clip", loss.clip),
-                                              ("loss.prompts", loss.prompts)) if not v)
-        report(f"λ = 0: {missing} not given, so training uses MSE only (the paper's λ = 0 "
-               f"variant); give CLIP weights and stage 1 prompts for λ = {loss.clip_weight}")
+        missing = " and ".join(
+            n for n, v in (("loss.clip", loss.clip), ("loss.prompts", loss.prompts)) if not v
+        )
+        report(
+            f"λ = 0: {missing} not given, so training uses MSE only (the paper's λ = 0 "
+            f"variant); give CLIP weights and stage 1 prompts for λ = {loss.clip_weight}"
+        )
         return None
     from textmef.clip.loading import load_clip
     from textmef.clip.prompts import load_prompts
@@ -154,8 +173,10 @@ def _clip_loss(config: TrainConfig, device: torch.device, report: Callable[[str]
 
     clip = load_clip(loss.clip, device=device)
     module = CLIPExposureLoss.from_prompts(clip, load_prompts(loss.prompts)).to(device)
-    report(f"λ = {loss.clip_weight}: MSE + λ · L_clip with {Path(loss.clip).name} and "
-           f"{Path(loss.prompts).name}")
+    report(
+        f"λ = {loss.clip_weight}: MSE + λ · L_clip with {Path(loss.clip).name} and "
+        f"{Path(loss.prompts).name}"
+    )
     return module
 
 
@@ -180,8 +201,9 @@ def load_validation(triplets: list[Triplet], max_side: int) -> ValidationSet:
     scores = []
     for t in triplets:
         under, over, gt = load_triplet(t, max_side or None)
-        as_tensor = [torch.from_numpy(a).permute(2, 0, 1)[None].contiguous()
-                     for a in (under, over, gt)]
+        as_tensor = [
+            torch.from_numpy(a).permute(2, 0, 1)[None].contiguous() for a in (under, over, gt)
+        ]
         data.names.append(t.name)
         data.unders.append(as_tensor[0])
         data.overs.append(as_tensor[1])
@@ -195,8 +217,9 @@ def load_validation(triplets: list[Triplet], max_side: int) -> ValidationSet:
 
 
 @torch.no_grad()
-def validate(model: FusionNet, data: ValidationSet, device: torch.device
-             ) -> tuple[float, float, list[dict]]:
+def validate(
+    model: FusionNet, data: ValidationSet, device: torch.device
+) -> tuple[float, float, list[dict]]:
     """Mean PSNR / SSIM of the clamped fusion against the references, and per-sequence rows."""
     from textmef.inference import fuse_tensors
     from textmef.metrics import psnr, ssim
@@ -208,13 +231,20 @@ def validate(model: FusionNet, data: ValidationSet, device: torch.device
         fused = fuse_tensors(model, u.to(device), o.to(device)).clamp(0, 1).cpu()
         rows.append({"name": name, "psnr": float(psnr(fused, g)), "ssim": float(ssim(fused, g))})
     model.train(was_training)
-    return (float(np.mean([r["psnr"] for r in rows])), float(np.mean([r["ssim"] for r in rows])),
-            rows)
+    return (
+        float(np.mean([r["psnr"] for r in rows])),
+        float(np.mean([r["ssim"] for r in rows])),
+        rows,
+    )
 
 
 # ---- the loop --------------------------------------------------------------------------
-def train(config: TrainConfig, resume: bool = False, progress: bool = True,
-          report: Callable[[str], None] = print) -> TrainResult:
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    report: Callable[[str], None] = print,
+) -> TrainResult:
     """Train the fusion network as ``config`` says; see the module docstring for outputs.
 
     Args:
@@ -244,26 +274,37 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     if dist_info.main:
         out.mkdir(parents=True, exist_ok=True)
         if state_path.exists() and not resume:
-            raise InputError(out, "holds an earlier run; pass --resume to continue it, or "
-                                  "choose another run.out")
+            raise InputError(
+                out, "holds an earlier run; pass --resume to continue it, or choose another run.out"
+            )
     if not config.data.root:
         raise InputError(None, "no training data: set data.root (a folder with under/ over/ gt/)")
 
     triplets = find_triplets(config.data.root)
     train_set, val_set = split_by_sequence(triplets, config.data.val_fraction)
-    report(f"data: {len(train_set)} training and {len(val_set)} validation sequences "
-           f"from {config.data.root}")
-    dataset = TripletCrops(train_set, config.data.crop, config.data.augment, config.run.seed,
-                           config.data.max_side or None).load()
+    report(
+        f"data: {len(train_set)} training and {len(val_set)} validation sequences "
+        f"from {config.data.root}"
+    )
+    dataset = TripletCrops(
+        train_set,
+        config.data.crop,
+        config.data.augment,
+        config.run.seed,
+        config.data.max_side or None,
+    ).load()
 
     _seed_everything(config.run.seed)
     model_config = build_model_config(config)
     # channels_last like the activations: conv weight gradients then come out in the layout
     # DDP's buckets expect (otherwise it warns and copies on every step).
     model = FusionNet(model_config).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr,
-                                 betas=config.optim.betas,
-                                 weight_decay=config.optim.weight_decay)
+    optimizer = torch.optim.Adam(
+        model.parameters(),
+        lr=config.optim.lr,
+        betas=config.optim.betas,
+        weight_decay=config.optim.weight_decay,
+    )
     milestones = sorted({max(1, round(f * config.optim.steps)) for f in config.optim.milestones})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, config.optim.gamma)
     clip_loss = _clip_loss(config, device, report)
@@ -273,43 +314,59 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     history: list[dict] = []
     elapsed_before = 0.0
     if resume and state_path.exists():
-        start_step, best, history, elapsed_before = _load_state(state_path, config, model,
-                                                                optimizer, scheduler)
+        start_step, best, history, elapsed_before = _load_state(
+            state_path, config, model, optimizer, scheduler
+        )
         report(f"resuming at step {start_step} of {config.optim.steps}")
     elif resume:
         report(f"{state_path} does not exist yet: starting from scratch")
 
     params = sum(p.numel() for p in model.parameters())
-    report(f"model {config.model.name} ({model_config.width} wide, d_state "
-           f"{model_config.d_state}): {params:,} parameters; {config.optim.steps} steps of "
-           f"{config.optim.batch_size * dist_info.world} crops of {config.data.crop} px"
-           + (f" over {dist_info.world} processes" if dist_info.active else ""))
+    report(
+        f"model {config.model.name} ({model_config.width} wide, d_state "
+        f"{model_config.d_state}): {params:,} parameters; {config.optim.steps} steps of "
+        f"{config.optim.batch_size * dist_info.world} crops of {config.data.crop} px"
+        + (f" over {dist_info.world} processes" if dist_info.active else "")
+    )
     if dist_info.main:
         _write_run_files(out, config, train_set, val_set, model_config)
-    validation = load_validation(val_set, config.data.val_max_side) if (
-        dist_info.main and val_set) else None
+    validation = (
+        load_validation(val_set, config.data.val_max_side) if (dist_info.main and val_set) else None
+    )
     if validation is not None and validation.mertens_psnr is not None:
-        report(f"validation: two-frame Mertens scores PSNR {validation.mertens_psnr:.2f} dB, "
-               f"SSIM {validation.mertens_ssim:.4f} against the references")
+        report(
+            f"validation: two-frame Mertens scores PSNR {validation.mertens_psnr:.2f} dB, "
+            f"SSIM {validation.mertens_ssim:.4f} against the references"
+        )
 
     net = model
     if dist_info.active:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     stop = config.optim.steps
     if config.run.session_steps:
         stop = min(stop, start_step + config.run.session_steps)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=StreamBatches(config.optim.batch_size, start_step, stop,
-                                             dist_info.rank, dist_info.world),
-        num_workers=config.data.workers, persistent_workers=config.data.workers > 0)
+        dataset,
+        batch_sampler=StreamBatches(
+            config.optim.batch_size, start_step, stop, dist_info.rank, dist_info.world
+        ),
+        num_workers=config.data.workers,
+        persistent_workers=config.data.workers > 0,
+    )
     writer = _CsvLog(out / "log.csv", start_step) if dist_info.main else None
     tensorboard = _tensorboard(out) if dist_info.main else None
 
     from tqdm import tqdm
 
-    bar = tqdm(total=config.optim.steps, initial=start_step, desc="training", unit="step",
-               disable=None if (progress and dist_info.main) else True)
+    bar = tqdm(
+        total=config.optim.steps,
+        initial=start_step,
+        desc="training",
+        unit="step",
+        disable=None if (progress and dist_info.main) else True,
+    )
     model.train()
     step = start_step
     window: list[dict] = []
@@ -324,7 +381,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
             bar.close()
             raise TrainingDivergedError(
                 f"the loss became {loss.item()} at step {step + 1}; stopped, keeping the last "
-                f"good checkpoint ({_last_good(out)})")
+                f"good checkpoint ({_last_good(out)})"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.optim.grad_clip:
@@ -337,9 +395,13 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         bar.set_postfix(loss=f"{window[-1]['loss']:.4f}")
         if step % config.run.log_every == 0 or step == stop:
             now = time.perf_counter()
-            row = {"step": step, "kind": "train",
-                   **{k: float(np.mean([w[k] for w in window])) for k in window[0]},
-                   "lr": scheduler.get_last_lr()[0], "sec_per_step": (now - tick) / len(window)}
+            row = {
+                "step": step,
+                "kind": "train",
+                **{k: float(np.mean([w[k] for w in window])) for k in window[0]},
+                "lr": scheduler.get_last_lr()[0],
+                "sec_per_step": (now - tick) / len(window),
+            }
             tick, window = now, []
             history.append(row)
             if writer:
@@ -347,12 +409,18 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
             if tensorboard:
                 for key in ("loss", "mse", "clip", "lr"):
                     tensorboard.add_scalar(f"train/{key}", row[key], step)
-        if validation is not None and (step % config.run.val_every == 0
-                                       or step == config.optim.steps):
+        if validation is not None and (
+            step % config.run.val_every == 0 or step == config.optim.steps
+        ):
             psnr_value, ssim_value, _ = validate(model, validation, device)
-            row = {"step": step, "kind": "val", "val_psnr": psnr_value, "val_ssim": ssim_value,
-                   "mertens_psnr": validation.mertens_psnr,
-                   "mertens_ssim": validation.mertens_ssim}
+            row = {
+                "step": step,
+                "kind": "val",
+                "val_psnr": psnr_value,
+                "val_ssim": ssim_value,
+                "mertens_psnr": validation.mertens_psnr,
+                "mertens_ssim": validation.mertens_ssim,
+            }
             history.append(row)
             writer.write(row)
             if tensorboard:
@@ -362,26 +430,54 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
             if improved:
                 best = {"psnr": psnr_value, "ssim": ssim_value, "step": step}
                 save_checkpoint(model, out / "best.safetensors", _extra(step, best))
-            report(f"step {step}: validation PSNR {psnr_value:.2f} dB, SSIM {ssim_value:.4f} "
-                   f"(two-frame Mertens {validation.mertens_psnr:.2f} dB)"
-                   + (" - best so far" if improved else ""))
+            report(
+                f"step {step}: validation PSNR {psnr_value:.2f} dB, SSIM {ssim_value:.4f} "
+                f"(two-frame Mertens {validation.mertens_psnr:.2f} dB)"
+                + (" - best so far" if improved else "")
+            )
         if dist_info.main and (step % config.run.save_every == 0 or step == stop):
             save_checkpoint(model, out / "last.safetensors", _extra(step, best))
-            _save_state(state_path, config, model, optimizer, scheduler, step, best, history,
-                        elapsed_before + time.perf_counter() - started)
+            _save_state(
+                state_path,
+                config,
+                model,
+                optimizer,
+                scheduler,
+                step,
+                best,
+                history,
+                elapsed_before + time.perf_counter() - started,
+            )
     bar.close()
 
     fingerprints = _rank_fingerprints(model, dist_info)
     result = TrainResult(step, history, best["psnr"])
     if dist_info.main:
-        result.summary = _summary(config, model_config, params, step, best, validation,
-                                  history, elapsed_before + time.perf_counter() - started,
-                                  dist_info, fingerprints, weight)
-        _atomic_text(json.dumps(result.summary, indent=2, sort_keys=True) + "\n",
-                     out / "summary.json")
-        report(f"done: step {step}; best validation PSNR "
-               + (f"{best['psnr']:.2f} dB at step {best['step']}" if best["psnr"] is not None
-                  else "n/a (no validation sequences)") + f"; run folder {out}")
+        result.summary = _summary(
+            config,
+            model_config,
+            params,
+            step,
+            best,
+            validation,
+            history,
+            elapsed_before + time.perf_counter() - started,
+            dist_info,
+            fingerprints,
+            weight,
+        )
+        _atomic_text(
+            json.dumps(result.summary, indent=2, sort_keys=True) + "\n", out / "summary.json"
+        )
+        report(
+            f"done: step {step}; best validation PSNR "
+            + (
+                f"{best['psnr']:.2f} dB at step {best['step']}"
+                if best["psnr"] is not None
+                else "n/a (no validation sequences)"
+            )
+            + f"; run folder {out}"
+        )
     if tensorboard:
         tensorboard.close()
     if dist_info.active:
@@ -404,28 +500,58 @@ def _last_good(out: Path) -> str:
     return str(path) if path.exists() else "none written yet"
 
 
-def _write_run_files(out: Path, config: TrainConfig, train_set: list[Triplet],
-                     val_set: list[Triplet], model_config: FusionNetConfig) -> None:
+def _write_run_files(
+    out: Path,
+    config: TrainConfig,
+    train_set: list[Triplet],
+    val_set: list[Triplet],
+    model_config: FusionNetConfig,
+) -> None:
     import yaml
 
-    _atomic_text(yaml.safe_dump(json.loads(json.dumps(config.to_dict())), sort_keys=False),
-                 out / "config.yaml")
-    split = {"train": [t.name for t in train_set], "validation": [t.name for t in val_set],
-             "model": model_config.to_dict()}
+    _atomic_text(
+        yaml.safe_dump(json.loads(json.dumps(config.to_dict())), sort_keys=False),
+        out / "config.yaml",
+    )
+    split = {
+        "train": [t.name for t in train_set],
+        "validation": [t.name for t in val_set],
+        "model": model_config.to_dict(),
+    }
     _atomic_text(json.dumps(split, indent=2) + "\n", out / "split.json")
 
 
-def _save_state(path: Path, config: TrainConfig, model: FusionNet, optimizer, scheduler,
-                step: int, best: dict, history: list[dict], seconds: float) -> None:
-    _atomic_torch_save({"seconds": seconds,
-        "format": "textmef-train-state/1", "step": step, "config": json.dumps(config.to_dict()),
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "rng": _rng_state(),
-        "best": json.dumps(best), "history": json.dumps(history)}, path)
+def _save_state(
+    path: Path,
+    config: TrainConfig,
+    model: FusionNet,
+    optimizer,
+    scheduler,
+    step: int,
+    best: dict,
+    history: list[dict],
+    seconds: float,
+) -> None:
+    _atomic_torch_save(
+        {
+            "seconds": seconds,
+            "format": "textmef-train-state/1",
+            "step": step,
+            "config": json.dumps(config.to_dict()),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+            "best": json.dumps(best),
+            "history": json.dumps(history),
+        },
+        path,
+    )
 
 
-def _load_state(path: Path, config: TrainConfig, model: FusionNet, optimizer, scheduler
-                ) -> tuple[int, dict, list[dict], float]:
+def _load_state(
+    path: Path, config: TrainConfig, model: FusionNet, optimizer, scheduler
+) -> tuple[int, dict, list[dict], float]:
     try:
         # weights_only: tensors and plain containers only, never arbitrary objects.
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -435,14 +561,21 @@ def _load_state(path: Path, config: TrainConfig, model: FusionNet, optimizer, sc
     wanted = config.to_dict()
     for section in ("model", "data"):
         if saved[section] != json.loads(json.dumps(wanted[section])):
-            raise InputError(path, f"was made with other {section} settings; resume with the "
-                                   f"same ones (saved: {saved[section]})")
+            raise InputError(
+                path,
+                f"was made with other {section} settings; resume with the "
+                f"same ones (saved: {saved[section]})",
+            )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
-    return (state["step"], json.loads(state["best"]), json.loads(state["history"]),
-            float(state.get("seconds", 0.0)))
+    return (
+        state["step"],
+        json.loads(state["best"]),
+        json.loads(state["history"]),
+        float(state.get("seconds", 0.0)),
+    )
 
 
 class _CsvLog:
@@ -462,7 +595,8 @@ class _CsvLog:
     def write(self, row: dict) -> None:
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, LOG_FIELDS).writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
 
 
 def _tensorboard(out: Path):
@@ -490,21 +624,36 @@ def _rank_fingerprints(model: FusionNet, dist_info: Distributed) -> list[str]:
     return gathered
 
 
-def _summary(config: TrainConfig, model_config: FusionNetConfig, params: int, step: int,
-             best: dict, validation: ValidationSet | None, history: list[dict], seconds: float,
-             dist_info: Distributed, fingerprints: list[str], weight: float) -> dict:
+def _summary(
+    config: TrainConfig,
+    model_config: FusionNetConfig,
+    params: int,
+    step: int,
+    best: dict,
+    validation: ValidationSet | None,
+    history: list[dict],
+    seconds: float,
+    dist_info: Distributed,
+    fingerprints: list[str],
+    weight: float,
+) -> dict:
     vals = [h for h in history if h.get("kind") == "val"]
     return {
-        "steps": step, "params": params, "model": model_config.to_dict(),
+        "steps": step,
+        "params": params,
+        "model": model_config.to_dict(),
         "config": json.loads(json.dumps(config.to_dict())),
-        "processes": dist_info.world, "ranks_identical": len(set(fingerprints)) == 1,
+        "processes": dist_info.world,
+        "ranks_identical": len(set(fingerprints)) == 1,
         "weights_sha256_per_rank": fingerprints,
-        "best": best, "last_validation": vals[-1] if vals else None,
+        "best": best,
+        "last_validation": vals[-1] if vals else None,
         "validation_sequences": len(validation.names) if validation else 0,
         "mertens_psnr": validation.mertens_psnr if validation else None,
         "mertens_ssim": validation.mertens_ssim if validation else None,
         "wall_seconds": round(seconds, 1),
         "clip_weight_used": weight,
-        "final_train_mse": next((h["mse"] for h in reversed(history) if h.get("kind") == "train"),
-                                math.nan),
+        "final_train_mse": next(
+            (h["mse"] for h in reversed(history) if h.get("kind") == "train"), math.nan
+        ),
     }

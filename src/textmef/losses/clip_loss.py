@@ -9,8 +9,9 @@ from textmef.clip.model import CLIP
 from textmef.clip.prompts import PromptSet, prompt_logits
 
 
-def clip_exposure_loss(image_features: torch.Tensor, text_features: torch.Tensor,
-                       well_index: int = -1) -> torch.Tensor:
+def clip_exposure_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, well_index: int = -1
+) -> torch.Tensor:
     """Mean over the batch of 1 − softmax(100 · cos(image, prompts))[well].
 
     Args:
@@ -41,8 +42,9 @@ class CLIPExposureLoss(nn.Module):
         self.well_index = well_index
 
     @classmethod
-    def from_prompts(cls, clip: CLIP, prompts: PromptSet,
-                     fingerprint: str | None = None) -> CLIPExposureLoss:
+    def from_prompts(
+        cls, clip: CLIP, prompts: PromptSet, fingerprint: str | None = None
+    ) -> CLIPExposureLoss:
         """Build the loss after checking that ``prompts`` belong to ``clip``."""
         prompts.check_clip(clip, fingerprint)
         return cls(clip, prompts.text_features, prompts.well_index)

@@ -17,15 +17,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GAUSS_11", "RGB2GRAY_WEIGHTS", "MEFBMetric", "ReferenceMetric", "as_batches",
-           "downsample2", "gaussian_taps", "gaussian_valid", "reduce", "to_255"]
+__all__ = [
+    "GAUSS_11",
+    "RGB2GRAY_WEIGHTS",
+    "MEFBMetric",
+    "ReferenceMetric",
+    "as_batches",
+    "downsample2",
+    "gaussian_taps",
+    "gaussian_valid",
+    "reduce",
+    "to_255",
+]
 
 # MATLAB rgb2gray coefficients (first row of the inverse NTSC matrix), as MEFB uses them.
 RGB2GRAY_WEIGHTS = (0.298936021293775, 0.587043074451121, 0.114020904254103)
 
 
-def as_batches(*images: torch.Tensor, names: tuple[str, ...] | None = None
-               ) -> tuple[torch.Tensor, ...]:
+def as_batches(
+    *images: torch.Tensor, names: tuple[str, ...] | None = None
+) -> tuple[torch.Tensor, ...]:
     """Validate same-shaped float images and return them as (B, C, H, W).
 
     Args:
@@ -50,8 +61,10 @@ def as_batches(*images: torch.Tensor, names: tuple[str, ...] | None = None
     if len(shape) not in (3, 4):
         raise ValueError(f"expected (B, C, H, W) or (C, H, W) images, got {tuple(shape)}")
     if shape[-3] not in (1, 3):
-        raise ValueError(f"expected 1 (gray) or 3 (RGB) channels in dimension -3, got "
-                         f"{tuple(shape)}; channels-last arrays need .permute(2, 0, 1)")
+        raise ValueError(
+            f"expected 1 (gray) or 3 (RGB) channels in dimension -3, got "
+            f"{tuple(shape)}; channels-last arrays need .permute(2, 0, 1)"
+        )
     if len(shape) == 3:
         return tuple(t.unsqueeze(0) for t in images)
     return images

@@ -83,7 +83,8 @@ class FusionNet(nn.Module):
         self.under_to_token = nn.Conv2d(c, c, 1)
         self.over_to_token = nn.Conv2d(c, c, 1)
         self.swap_blocks = nn.ModuleList(
-            [MutualGuidedBlock(c, n, e) for _ in range(2)] if config.mutual_swap else [])
+            [MutualGuidedBlock(c, n, e) for _ in range(2)] if config.mutual_swap else []
+        )
         if config.deep_fuse:
             self.under_deep_fuse = DeepFuseBlock(c, n, e)
             self.over_deep_fuse = DeepFuseBlock(c, n, e)
@@ -116,8 +117,10 @@ class FusionNet(nn.Module):
         for block in self.swap_blocks:
             tok_u, tok_o, res_u, res_o = block(tok_u, tok_o, res_u, res_o)
         if self.fusion is not None:
-            fused = self.fusion(self.under_deep_fuse(tok_u, res_u, height, width),
-                                self.over_deep_fuse(tok_o, res_o, height, width))
+            fused = self.fusion(
+                self.under_deep_fuse(tok_u, res_u, height, width),
+                self.over_deep_fuse(tok_o, res_o, height, width),
+            )
         else:
             fused = map_from_tokens(tok_u + res_u + tok_o + res_o, height, width)
         return self.refine(fused) + under + over

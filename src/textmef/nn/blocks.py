@@ -59,8 +59,10 @@ class ChannelAttentionResidual(nn.Module):
         super().__init__()
         hidden = channels // reduction
         self.process = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1))
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
         self.squeeze = nn.Conv2d(channels, hidden, 1)
         self.excite = nn.Conv2d(hidden, channels, 1)
 
@@ -77,8 +79,9 @@ class CGAFusion(nn.Module):
         super().__init__()
         self.spatial = nn.Conv2d(2, 1, 3, padding=1, padding_mode="reflect")
         self.channel = ChannelAttentionResidual(channels, reduction)
-        self.pixel = nn.Conv2d(2 * channels, channels, 3, padding=1, padding_mode="reflect",
-                               groups=channels)
+        self.pixel = nn.Conv2d(
+            2 * channels, channels, 3, padding=1, padding_mode="reflect", groups=channels
+        )
         self.project = nn.Conv2d(channels, channels, 1)
 
     def forward(self, under: torch.Tensor, over: torch.Tensor) -> torch.Tensor:  # noqa: D102
@@ -185,8 +188,7 @@ class MutualGuidedBlock(nn.Module):
         half = under.shape[-1] // 2
         swapped_under = torch.cat([over[..., :half], under[..., half:]], -1)
         swapped_over = torch.cat([under[..., :half], over[..., half:]], -1)
-        return (self.mamba_under(swapped_under), self.mamba_over(swapped_over),
-                res_under, res_over)
+        return (self.mamba_under(swapped_under), self.mamba_over(swapped_over), res_under, res_over)
 
 
 class DeepFuseBlock(nn.Module):

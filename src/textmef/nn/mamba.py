@@ -14,8 +14,16 @@ from textmef.ssm import selective_scan
 class _ScanBranch(nn.Module):
     """The per-direction parameters of a Mamba block: conv, projections, A and D."""
 
-    def __init__(self, d_inner: int, d_state: int, d_conv: int, dt_rank: int,
-                 dt_min: float, dt_max: float, dt_init_floor: float) -> None:
+    def __init__(
+        self,
+        d_inner: int,
+        d_state: int,
+        d_conv: int,
+        dt_rank: int,
+        dt_min: float,
+        dt_max: float,
+        dt_init_floor: float,
+    ) -> None:
         super().__init__()
         self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1)
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
@@ -30,13 +38,16 @@ class _ScanBranch(nn.Module):
         dt_min, dt_max, floor = self._dt_range
         dt_rank = self.dt_proj.in_features
         nn.init.uniform_(self.dt_proj.weight, -(dt_rank**-0.5), dt_rank**-0.5)
-        dt = torch.exp(torch.rand(self.dt_proj.out_features) * (math.log(dt_max) - math.log(dt_min))
-                       + math.log(dt_min)).clamp(min=floor)
+        dt = torch.exp(
+            torch.rand(self.dt_proj.out_features) * (math.log(dt_max) - math.log(dt_min))
+            + math.log(dt_min)
+        ).clamp(min=floor)
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
             d_state = self.A_log.shape[1]
-            self.A_log.copy_(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32))
-                             .expand_as(self.A_log))
+            self.A_log.copy_(
+                torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).expand_as(self.A_log)
+            )
             self.D.fill_(1.0)
 
     def forward(self, x: torch.Tensor, backend: str) -> torch.Tensor:
@@ -50,8 +61,9 @@ class _ScanBranch(nn.Module):
         return y + x * self.D
 
 
-def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor,
-                          bias: torch.Tensor | None) -> torch.Tensor:
+def causal_depthwise_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """Mamba's causal depthwise conv1d, computed token-major: (B, L, D) -> (B, L, D).
 
     Equals ``Conv1d(D, D, K, groups=D, padding=K - 1)`` on ``x.transpose(1, 2)`` cut to the
@@ -70,7 +82,7 @@ def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor,
     kernel = weight[:, 0, :].to(x.dtype)
     out = padded[:, :length] * kernel[:, 0]
     for k in range(1, taps):
-        out = out + padded[:, k:k + length] * kernel[:, k]
+        out = out + padded[:, k : k + length] * kernel[:, k]
     return out if bias is None else out + bias.to(x.dtype)
 
 
@@ -90,9 +102,18 @@ class Mamba(nn.Module):
         scan_backend: Passed to :func:`textmef.ssm.selective_scan`.
     """
 
-    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
-                 bidirectional: bool = False, scan_backend: str = "auto",
-                 dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        bidirectional: bool = False,
+        scan_backend: str = "auto",
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+    ) -> None:
         super().__init__()
         d_inner = expand * d_model
         dt_rank = math.ceil(d_model / 16)

@@ -102,8 +102,25 @@ def scan_forward(u, delta, AT, B, C, y, ckpt, chunk, dblk):
 
 
 @njit(fastmath=True, cache=_CACHE)
-def _backward_block(u, delta, AT, B, C, dy, ckpt, chunk, b, d0, w, blk, du_out, ddelta_out,
-                    dAT_out, dB_part, dC_part):
+def _backward_block(
+    u,
+    delta,
+    AT,
+    B,
+    C,
+    dy,
+    ckpt,
+    chunk,
+    b,
+    d0,
+    w,
+    blk,
+    du_out,
+    ddelta_out,
+    dAT_out,
+    dB_part,
+    dC_part,
+):
     length = u.shape[1]
     d_state = AT.shape[0]
     n_chunks = ckpt.shape[1]
@@ -174,8 +191,9 @@ def _backward_block(u, delta, AT, B, C, dy, ckpt, chunk, b, d0, w, blk, du_out, 
 
 
 @njit(parallel=True, cache=_CACHE)
-def scan_backward(u, delta, AT, B, C, dy, ckpt, chunk, dblk, du_out, ddelta_out, dAT_out,
-                  dB_part, dC_part):
+def scan_backward(
+    u, delta, AT, B, C, dy, ckpt, chunk, dblk, du_out, ddelta_out, dAT_out, dB_part, dC_part
+):
     """Gradients of ``scan_forward``; dB and dC come back per channel block (summed later)."""
     batch, _, d_inner = u.shape
     n_blocks = (d_inner + dblk - 1) // dblk
@@ -183,5 +201,22 @@ def scan_backward(u, delta, AT, B, C, dy, ckpt, chunk, dblk, du_out, ddelta_out,
         b = job // n_blocks
         blk = job - b * n_blocks
         d0 = blk * dblk
-        _backward_block(u, delta, AT, B, C, dy, ckpt, chunk, b, d0, min(dblk, d_inner - d0), blk,
-                        du_out, ddelta_out, dAT_out, dB_part, dC_part)
+        _backward_block(
+            u,
+            delta,
+            AT,
+            B,
+            C,
+            dy,
+            ckpt,
+            chunk,
+            b,
+            d0,
+            min(dblk, d_inner - d0),
+            blk,
+            du_out,
+            ddelta_out,
+            dAT_out,
+            dB_part,
+            dC_part,
+        )

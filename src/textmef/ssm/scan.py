@@ -51,8 +51,17 @@ class _NumbaScan(torch.autograd.Function):
         n_chunks = math.ceil(length / chunk) if keep_for_backward else 0
         y = torch.empty_like(u)
         ckpt = u.new_empty(batch, n_chunks, AT.shape[0], d_inner)
-        k.scan_forward(u.numpy(), delta.numpy(), AT.numpy(), B.numpy(), C.numpy(), y.numpy(),
-                       ckpt.numpy(), chunk, _CHANNEL_BLOCK)
+        k.scan_forward(
+            u.numpy(),
+            delta.numpy(),
+            AT.numpy(),
+            B.numpy(),
+            C.numpy(),
+            y.numpy(),
+            ckpt.numpy(),
+            chunk,
+            _CHANNEL_BLOCK,
+        )
         if n_chunks:
             ctx.save_for_backward(u, delta, AT, B, C, ckpt)
             ctx.chunk = chunk
@@ -70,9 +79,22 @@ class _NumbaScan(torch.autograd.Function):
         dAT = u.new_empty(batch, *AT.shape)
         dB = B.new_empty(n_blocks, *B.shape)
         dC = C.new_empty(n_blocks, *C.shape)
-        k.scan_backward(u.numpy(), delta.numpy(), AT.numpy(), B.numpy(), C.numpy(), dy.numpy(),
-                        ckpt.numpy(), ctx.chunk, _CHANNEL_BLOCK, du.numpy(), ddelta.numpy(),
-                        dAT.numpy(), dB.numpy(), dC.numpy())
+        k.scan_backward(
+            u.numpy(),
+            delta.numpy(),
+            AT.numpy(),
+            B.numpy(),
+            C.numpy(),
+            dy.numpy(),
+            ckpt.numpy(),
+            ctx.chunk,
+            _CHANNEL_BLOCK,
+            du.numpy(),
+            ddelta.numpy(),
+            dAT.numpy(),
+            dB.numpy(),
+            dC.numpy(),
+        )
         return du, ddelta, dAT.sum(0).t(), dB.sum(0), dC.sum(0), None, None
 
 
@@ -84,8 +106,9 @@ def _chunk_scan_torch(u, delta, A, B, C, h0):
     length = u.shape[1]
     step = 1
     while step < length:
-        drive = torch.cat([drive[:, :step], drive[:, step:] + decay[:, step:] * drive[:, :-step]],
-                          dim=1)
+        drive = torch.cat(
+            [drive[:, :step], drive[:, step:] + decay[:, step:] * drive[:, :-step]], dim=1
+        )
         decay = torch.cat([decay[:, :step], decay[:, step:] * decay[:, :-step]], dim=1)
         step *= 2
     y = torch.einsum("btdn,btn->btd", drive, C)
@@ -112,8 +135,13 @@ def selective_scan_torch(u, delta, A, B, C, chunk: int = DEFAULT_CHUNK) -> torch
 def _selective_scan_mamba_ssm(u, delta, A, B, C):
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
-    y = selective_scan_fn(u.transpose(1, 2).contiguous(), delta.transpose(1, 2).contiguous(), A,
-                          B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous())
+    y = selective_scan_fn(
+        u.transpose(1, 2).contiguous(),
+        delta.transpose(1, 2).contiguous(),
+        A,
+        B.transpose(1, 2).contiguous(),
+        C.transpose(1, 2).contiguous(),
+    )
     return y.transpose(1, 2)
 
 

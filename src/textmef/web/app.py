@@ -56,9 +56,16 @@ from textmef import __version__, io
 from textmef.errors import InputError
 from textmef.stack import DEFAULT_STRATEGY, STRATEGIES, fuse_stack
 
-__all__ = ["DEFAULT_MAX_FILES", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_RESULTS",
-           "DEFAULT_MAX_UPLOAD_MB", "PREVIEW_SIDE", "ResultStore", "align_available",
-           "create_app"]
+__all__ = [
+    "DEFAULT_MAX_FILES",
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_RESULTS",
+    "DEFAULT_MAX_UPLOAD_MB",
+    "PREVIEW_SIDE",
+    "ResultStore",
+    "align_available",
+    "create_app",
+]
 
 log = logging.getLogger("textmef")
 
@@ -155,10 +162,15 @@ def align_available() -> bool:
         return False
 
 
-def create_app(model: nn.Module, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-               max_pixels: int = DEFAULT_MAX_PIXELS, max_files: int = DEFAULT_MAX_FILES,
-               temp_root: str | os.PathLike[str], max_results: int = DEFAULT_MAX_RESULTS,
-               ) -> Flask:
+def create_app(
+    model: nn.Module,
+    *,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_files: int = DEFAULT_MAX_FILES,
+    temp_root: str | os.PathLike[str],
+    max_results: int = DEFAULT_MAX_RESULTS,
+) -> Flask:
     """Build the web application around a loaded fusion network (no I/O happens here).
 
     A successful ``POST /api/fuse`` answers::
@@ -187,8 +199,10 @@ def create_app(model: nn.Module, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
         ValueError: a limit is not positive.
     """
     if max_upload_mb <= 0 or max_pixels < 1 or max_files < 2:
-        raise ValueError(f"limits must be positive and allow 2 files: max_upload_mb="
-                         f"{max_upload_mb}, max_pixels={max_pixels}, max_files={max_files}")
+        raise ValueError(
+            f"limits must be positive and allow 2 files: max_upload_mb="
+            f"{max_upload_mb}, max_pixels={max_pixels}, max_files={max_files}"
+        )
     temp_root = Path(temp_root)
     app = Flask("textmef.web")
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * _MB)
@@ -201,22 +215,31 @@ def create_app(model: nn.Module, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     @app.get("/")
     def index():
         return render_template(
-            "index.html", version=__version__, strategies=STRATEGIES,
-            default_strategy=DEFAULT_STRATEGY, strategy_help=STRATEGY_HELP,
-            align_available=align_available(), max_files=max_files,
-            max_upload_bytes=app.config["MAX_CONTENT_LENGTH"], max_pixels=max_pixels,
-            max_upload_text=f"{max_upload_mb:g} MB", max_pixels_text=f"{max_pixels / 1e6:g} MP",
-            suffixes=sorted(io.SUPPORTED_SUFFIXES))
+            "index.html",
+            version=__version__,
+            strategies=STRATEGIES,
+            default_strategy=DEFAULT_STRATEGY,
+            strategy_help=STRATEGY_HELP,
+            align_available=align_available(),
+            max_files=max_files,
+            max_upload_bytes=app.config["MAX_CONTENT_LENGTH"],
+            max_pixels=max_pixels,
+            max_upload_text=f"{max_upload_mb:g} MB",
+            max_pixels_text=f"{max_pixels / 1e6:g} MP",
+            suffixes=sorted(io.SUPPORTED_SUFFIXES),
+        )
 
     @app.get("/healthz")
     def healthz():
-        return jsonify(status="ok", version=__version__, busy=fuse_lock.locked(),
-                       results=len(results))
+        return jsonify(
+            status="ok", version=__version__, busy=fuse_lock.locked(), results=len(results)
+        )
 
     @app.post("/api/fuse")
     def fuse():
-        with tempfile.TemporaryDirectory(prefix="request-", dir=temp_root,
-                                         ignore_cleanup_errors=True) as folder:
+        with tempfile.TemporaryDirectory(
+            prefix="request-", dir=temp_root, ignore_cleanup_errors=True
+        ) as folder:
             # Set before the form is parsed: file parts then spool into this folder.
             request.environ[_UPLOAD_DIR_KEY] = folder
             parts: list[FileStorage] = []
@@ -240,8 +263,12 @@ def create_app(model: nn.Module, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
 
     @app.get("/api/result/<rid>/fused.png")
     def result_download(rid: str):
-        return send_file(BytesIO(_lookup(results, rid).png), mimetype="image/png",
-                         as_attachment=True, download_name=DOWNLOAD_NAME)
+        return send_file(
+            BytesIO(_lookup(results, rid).png),
+            mimetype="image/png",
+            as_attachment=True,
+            download_name=DOWNLOAD_NAME,
+        )
 
     @app.get("/api/result/<rid>/preview.jpg")
     def result_preview(rid: str):
@@ -265,13 +292,17 @@ def create_app(model: nn.Module, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
         message = exc.description
         if exc.code == 413:
             size = request.content_length or 0
-            message = (f"the upload is {size / _MB:.1f} MB, over this server's limit of "
-                       f"{max_upload_mb:g} MB (--max-upload-mb); send fewer or smaller files")
+            message = (
+                f"the upload is {size / _MB:.1f} MB, over this server's limit of "
+                f"{max_upload_mb:g} MB (--max-upload-mb); send fewer or smaller files"
+            )
         elif exc.code == 500:
             cause = getattr(exc, "original_exception", None)
             if cause is not None:
-                message = (f"fusion failed unexpectedly ({type(cause).__name__}: {cause}); "
-                           "see the server's log")
+                message = (
+                    f"fusion failed unexpectedly ({type(cause).__name__}: {cause}); "
+                    "see the server's log"
+                )
         return jsonify(error=message), exc.code
 
     @app.after_request
@@ -280,7 +311,8 @@ def create_app(model: nn.Module, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
         response.headers.setdefault(
             "Content-Security-Policy",
             "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
-            "base-uri 'none'; frame-ancestors 'none'")
+            "base-uri 'none'; frame-ancestors 'none'",
+        )
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         return response
@@ -292,12 +324,15 @@ def _request_class(temp_root: Path) -> type[Request]:
     class UploadRequest(Request):
         """A request whose file parts spool into the request's folder, not the system's."""
 
-        def _get_file_stream(self, total_content_length: int | None,
-                             content_type: str | None, filename: str | None = None,
-                             content_length: int | None = None):
+        def _get_file_stream(
+            self,
+            total_content_length: int | None,
+            content_type: str | None,
+            filename: str | None = None,
+            content_length: int | None = None,
+        ):
             folder = self.environ.get(_UPLOAD_DIR_KEY, temp_root)
-            return tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, mode="rb+",
-                                                 dir=folder)
+            return tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, mode="rb+", dir=folder)
 
     return UploadRequest
 
@@ -311,8 +346,11 @@ def _options(form) -> tuple[str, bool]:
         raise ApiError(400, f"align must be 1 or 0, not {flag!r}")
     align = flag in _TRUE
     if align and not align_available():
-        raise ApiError(400, "alignment is not available on this server (the textmef.align "
-                            "module is not installed); fuse without 'align frames'")
+        raise ApiError(
+            400,
+            "alignment is not available on this server (the textmef.align "
+            "module is not installed); fuse without 'align frames'",
+        )
     return strategy, align
 
 
@@ -332,19 +370,24 @@ def _check_count(files: Sequence[FileStorage], max_files: int) -> list[str]:
     if len(names) > max_files:
         extra = names[max_files:]
         shown = ", ".join(extra[:_NAMES_SHOWN]) + (", ..." if len(extra) > _NAMES_SHOWN else "")
-        raise ApiError(400, f"{len(names)} files sent but at most {max_files} can be fused at "
-                            f"once (--max-files); leave out {len(extra)}, e.g. {shown}")
+        raise ApiError(
+            400,
+            f"{len(names)} files sent but at most {max_files} can be fused at "
+            f"once (--max-files); leave out {len(extra)}, e.g. {shown}",
+        )
     return names
 
 
-def _save(files: Sequence[FileStorage], names: Sequence[str], folder: Path,
-          max_pixels: int) -> list[_Upload]:
+def _save(
+    files: Sequence[FileStorage], names: Sequence[str], folder: Path, max_pixels: int
+) -> list[_Upload]:
     suffixes = [Path(name).suffix.lower() for name in names]
     for name, suffix in zip(names, suffixes):
         if suffix not in io.SUPPORTED_SUFFIXES:  # before saving anything: cheap, and clear
             wanted = ", ".join(sorted(io.SUPPORTED_SUFFIXES))
-            raise ApiError(422, f"{name}: unsupported file type ({suffix or 'no suffix'}); "
-                                f"use one of {wanted}")
+            raise ApiError(
+                422, f"{name}: unsupported file type ({suffix or 'no suffix'}); use one of {wanted}"
+            )
     uploads = []
     for i, (f, name, suffix) in enumerate(zip(files, names, suffixes)):
         # A random part keeps the temporary names from ever matching what a user typed,
@@ -368,31 +411,43 @@ def _header_size(path: Path, name: str, max_pixels: int) -> tuple[int, int] | No
                 width, height = im.size
     except PIL.Image.DecompressionBombError:
         limit = 2 * (PIL.Image.MAX_IMAGE_PIXELS or 0)
-        raise InputError(name, f"has over {limit / 1e6:.0f} MP, too many to open safely; "
-                               f"the limit is {max_pixels / 1e6:g} MP per image") from None
+        raise InputError(
+            name,
+            f"has over {limit / 1e6:.0f} MP, too many to open safely; "
+            f"the limit is {max_pixels / 1e6:g} MP per image",
+        ) from None
     except Exception:  # not Pillow's to judge: read_image reports what is wrong with it
         return None
     if width * height > max_pixels:
-        raise InputError(name, f"is {width}x{height} pixels ({width * height / 1e6:.1f} MP), "
-                               f"over this server's limit of {max_pixels / 1e6:g} MP per "
-                               "image (--max-pixels); downsize it first")
+        raise InputError(
+            name,
+            f"is {width}x{height} pixels ({width * height / 1e6:.1f} MP), "
+            f"over this server's limit of {max_pixels / 1e6:g} MP per "
+            "image (--max-pixels); downsize it first",
+        )
     return width, height
 
 
-def _fuse(model: nn.Module, uploads: Sequence[_Upload], strategy: str, align: bool,
-          folder: Path, fuse_lock: threading.Lock) -> FusedResult:
+def _fuse(
+    model: nn.Module,
+    uploads: Sequence[_Upload],
+    strategy: str,
+    align: bool,
+    folder: Path,
+    fuse_lock: threading.Lock,
+) -> FusedResult:
     started = time.perf_counter()
     try:
         with fuse_lock:
-            fusion = fuse_stack([u.path for u in uploads], model, strategy=strategy,
-                                align=align)
+            fusion = fuse_stack([u.path for u in uploads], model, strategy=strategy, align=align)
     except InputError as exc:
         raise ApiError(422, _user_message(exc, uploads)) from None
     except ImportError as exc:  # textmef.align present but one of its imports is not
         if not align:
             raise
-        raise ApiError(400, f"alignment is not available on this server ({exc}); fuse "
-                            "without 'align frames'") from None
+        raise ApiError(
+            400, f"alignment is not available on this server ({exc}); fuse without 'align frames'"
+        ) from None
     seconds = time.perf_counter() - started
     png = io.write_image(folder / DOWNLOAD_NAME, fusion.image, fusion.bit_depth).read_bytes()
     preview = _jpeg(_fit(_to_uint8_bgr(fusion.image)))
@@ -400,21 +455,42 @@ def _fuse(model: nn.Module, uploads: Sequence[_Upload], strategy: str, align: bo
     rid = secrets.token_urlsafe(9)
     height, width = fusion.image.shape[:2]
     meta = {
-        "id": rid, "width": width, "height": height, "bit_depth": fusion.bit_depth,
-        "format": "PNG", "filename": DOWNLOAD_NAME, "strategy": strategy, "align": align,
-        "ordering": fusion.ordering, "order": list(fusion.order), "used": list(fusion.used),
-        "motions": fusion.motions, "seconds": round(seconds, 3),
-        "inputs": [{"index": i, "name": u.name,
-                    "width": u.size[0] if u.size else None,
-                    "height": u.size[1] if u.size else None,
-                    "preview_url": url_for("input_preview", rid=rid, index=i)}
-                   for i, u in enumerate(uploads)],
+        "id": rid,
+        "width": width,
+        "height": height,
+        "bit_depth": fusion.bit_depth,
+        "format": "PNG",
+        "filename": DOWNLOAD_NAME,
+        "strategy": strategy,
+        "align": align,
+        "ordering": fusion.ordering,
+        "order": list(fusion.order),
+        "used": list(fusion.used),
+        "motions": fusion.motions,
+        "seconds": round(seconds, 3),
+        "inputs": [
+            {
+                "index": i,
+                "name": u.name,
+                "width": u.size[0] if u.size else None,
+                "height": u.size[1] if u.size else None,
+                "preview_url": url_for("input_preview", rid=rid, index=i),
+            }
+            for i, u in enumerate(uploads)
+        ],
         "preview_url": url_for("result_preview", rid=rid),
         "download_url": url_for("result_download", rid=rid),
         "result_url": url_for("result_meta", rid=rid),
     }
-    log.info("fused %d image(s) into %dx%d (%d-bit, %s) in %.2f s", len(uploads), width,
-             height, fusion.bit_depth, strategy, seconds)
+    log.info(
+        "fused %d image(s) into %dx%d (%d-bit, %s) in %.2f s",
+        len(uploads),
+        width,
+        height,
+        fusion.bit_depth,
+        strategy,
+        seconds,
+    )
     return FusedResult(meta=meta, png=png, preview=preview, input_previews=input_previews)
 
 
@@ -435,8 +511,11 @@ def _user_message(exc: InputError, uploads: Sequence[_Upload]) -> str:
 def _lookup(results: ResultStore, rid: str) -> FusedResult:
     result = results.get(rid)
     if result is None:
-        raise ApiError(404, f"result {rid} is not available (only the last {results.capacity} "
-                            "results are kept); fuse the photos again")
+        raise ApiError(
+            404,
+            f"result {rid} is not available (only the last {results.capacity} "
+            "results are kept); fuse the photos again",
+        )
     return result
 
 
@@ -454,8 +533,11 @@ def _fit(image: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-_REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-            (2, cv2.IMREAD_REDUCED_COLOR_2))
+_REDUCED = (
+    (8, cv2.IMREAD_REDUCED_COLOR_8),
+    (4, cv2.IMREAD_REDUCED_COLOR_4),
+    (2, cv2.IMREAD_REDUCED_COLOR_2),
+)
 
 
 def _file_preview(upload: _Upload) -> bytes:

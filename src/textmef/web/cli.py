@@ -19,8 +19,14 @@ from typing import Any
 from textmef.cli import _positive
 from textmef.errors import InputError, TextmefError
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Server", "add_serve_parser", "make_server",
-           "serve_forever"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "Server",
+    "add_serve_parser",
+    "make_server",
+    "serve_forever",
+]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -66,29 +72,52 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     from textmef.web.app import DEFAULT_MAX_FILES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
 
     p = subparsers.add_parser(
-        "serve", help="a local web page: drop exposures of one scene, get the fused image",
+        "serve",
+        help="a local web page: drop exposures of one scene, get the fused image",
         description="Serve a web page on which you drop two or more photos of one scene "
-                    "taken at different exposures, compare the fused result with the "
-                    "inputs and download it. Uploads stay in a temporary folder that is "
-                    "removed when the server stops. Needs the web extra: "
-                    "pip install 'textmef[web]'.")
-    p.add_argument("--host", default=DEFAULT_HOST,
-                   help=f"address to listen on (default {DEFAULT_HOST}: this machine only; "
-                        "0.0.0.0 opens it to the network, without any login)")
-    p.add_argument("--port", type=_port, default=DEFAULT_PORT,
-                   help=f"TCP port, 0 = any free one (default {DEFAULT_PORT})")
-    p.add_argument("--weights", type=Path, help="a .safetensors checkpoint "
-                                                "(default: the packaged one)")
+        "taken at different exposures, compare the fused result with the "
+        "inputs and download it. Uploads stay in a temporary folder that is "
+        "removed when the server stops. Needs the web extra: "
+        "pip install 'textmef[web]'.",
+    )
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default {DEFAULT_HOST}: this machine only; "
+        "0.0.0.0 opens it to the network, without any login)",
+    )
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"TCP port, 0 = any free one (default {DEFAULT_PORT})",
+    )
+    p.add_argument(
+        "--weights", type=Path, help="a .safetensors checkpoint (default: the packaged one)"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=_positive,
-                   help="CPU threads per fusion (default: all cores)")
-    p.add_argument("--max-upload-mb", type=_positive_float, default=DEFAULT_MAX_UPLOAD_MB,
-                   metavar="MB", help="largest upload, all files together "
-                                      f"(default {DEFAULT_MAX_UPLOAD_MB})")
-    p.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS,
-                   metavar="N", help=f"most pixels per image (default {DEFAULT_MAX_PIXELS:_})")
-    p.add_argument("--max-files", type=_file_count, default=DEFAULT_MAX_FILES, metavar="N",
-                   help=f"most images per fusion (default {DEFAULT_MAX_FILES})")
+    p.add_argument("--threads", type=_positive, help="CPU threads per fusion (default: all cores)")
+    p.add_argument(
+        "--max-upload-mb",
+        type=_positive_float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        metavar="MB",
+        help=f"largest upload, all files together (default {DEFAULT_MAX_UPLOAD_MB})",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=_positive,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"most pixels per image (default {DEFAULT_MAX_PIXELS:_})",
+    )
+    p.add_argument(
+        "--max-files",
+        type=_file_count,
+        default=DEFAULT_MAX_FILES,
+        metavar="N",
+        help=f"most images per fusion (default {DEFAULT_MAX_FILES})",
+    )
     p.set_defaults(run=_cmd_serve)
     return p
 
@@ -107,16 +136,29 @@ class Server:
         OSError: the address cannot be bound (in use, not an address of this machine).
     """
 
-    def __init__(self, app: Any, host: str, port: int, *, max_request_bytes: int,
-                 threads: int = SERVER_THREADS) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        *,
+        max_request_bytes: int,
+        threads: int = SERVER_THREADS,
+    ) -> None:
         from waitress import create_server
 
         # Our own socket map, so that stop() can close every connection, not just the
         # listening socket (an idle keep-alive connection would keep the loop running).
         self._map: dict = {}
-        self._server = create_server(app, map=self._map, host=host, port=port,
-                                     threads=threads, max_request_body_size=max_request_bytes,
-                                     ident="textmef")
+        self._server = create_server(
+            app,
+            map=self._map,
+            host=host,
+            port=port,
+            threads=threads,
+            max_request_body_size=max_request_bytes,
+            ident="textmef",
+        )
         self.host = host
         self.port = int(self._server.effective_port)  # waitress reports it as a string
 
@@ -149,8 +191,14 @@ class Server:
         wasyncore.close_all(self._map)
 
 
-def make_server(app: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
-                max_upload_mb: float, threads: int = SERVER_THREADS) -> Server:
+def make_server(
+    app: Any,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    max_upload_mb: float,
+    threads: int = SERVER_THREADS,
+) -> Server:
     """Bind a waitress :class:`Server` for ``app`` (it does not serve until ``run``).
 
     Args:
@@ -164,11 +212,19 @@ def make_server(app: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
         InputError: the address cannot be bound.
     """
     try:
-        return Server(app, host, port, max_request_bytes=int(max_upload_mb * _MB) + _BODY_SLACK,
-                      threads=threads)
+        return Server(
+            app,
+            host,
+            port,
+            max_request_bytes=int(max_upload_mb * _MB) + _BODY_SLACK,
+            threads=threads,
+        )
     except OSError as exc:
-        raise InputError(None, f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
-                               "pick another --port or --host") from None
+        raise InputError(
+            None,
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
+            "pick another --port or --host",
+        ) from None
 
 
 def serve_forever(server: Server) -> None:
@@ -225,24 +281,37 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         import flask  # noqa: F401
         import waitress  # noqa: F401
     except ImportError as exc:
-        raise TextmefError(f"textmef serve needs Flask and waitress ({exc}); install them "
-                           "with: pip install 'textmef[web]'") from None
+        raise TextmefError(
+            f"textmef serve needs Flask and waitress ({exc}); install them "
+            "with: pip install 'textmef[web]'"
+        ) from None
     from textmef.api import load_model, resolve_device, set_threads
     from textmef.web.app import create_app
 
     if args.threads:
         set_threads(args.threads)
     model = load_model(args.weights, resolve_device(args.device))
-    with tempfile.TemporaryDirectory(prefix="textmef-serve-") as root, \
-            _temporary_files_in(root), _sigterm_as_interrupt():
-        app = create_app(model, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
-                         max_files=args.max_files, temp_root=root)
+    with (
+        tempfile.TemporaryDirectory(prefix="textmef-serve-") as root,
+        _temporary_files_in(root),
+        _sigterm_as_interrupt(),
+    ):
+        app = create_app(
+            model,
+            max_upload_mb=args.max_upload_mb,
+            max_pixels=args.max_pixels,
+            max_files=args.max_files,
+            temp_root=root,
+        )
         server = make_server(app, args.host, args.port, max_upload_mb=args.max_upload_mb)
         try:
             print(f"textmef serve: open {server.url} in a browser (Ctrl+C stops)", flush=True)
             if args.host not in _LOOPBACK:
-                print(f"textmef serve: warning: --host {args.host} lets other machines use "
-                      "this page; it has no login", flush=True)
+                print(
+                    f"textmef serve: warning: --host {args.host} lets other machines use "
+                    "this page; it has no login",
+                    flush=True,
+                )
             serve_forever(server)
         finally:
             server.close()
