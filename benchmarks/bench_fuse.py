@@ -42,9 +42,9 @@ def network_flops(height: int, width: int, tile: int, overlap: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from textmef.inference import tile_grid
-    from textmef.models import CONFIGS, FusionNet
+    from textmef.models import FusionNet, model_config
 
-    model = FusionNet(CONFIGS["textmef"]).eval()
+    model = FusionNet(model_config("textmef")).eval()
     x = torch.rand(1, 3, 128, 128)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
@@ -74,10 +74,10 @@ def case_fuse(height: int, width: int, tile: int, overlap: int) -> dict:
     import torch
 
     from textmef.inference import fuse_tensors
-    from textmef.models import CONFIGS, FusionNet
+    from textmef.models import FusionNet, model_config
 
     torch.manual_seed(0)
-    model = FusionNet(CONFIGS["textmef"]).eval()
+    model = FusionNet(model_config("textmef")).eval()
     g = torch.Generator().manual_seed(0)
     base = torch.rand(1, 3, height, width, generator=g)
     under, over = base * 0.3, (base * 1.7).clamp(0, 1)

@@ -6,7 +6,6 @@ import torch
 from conftest import textured
 
 from textmef.baselines import (
-    BASELINES,
     EnfuseFusion,
     MeanFusion,
     MertensFusion,
@@ -21,6 +20,7 @@ from textmef.baselines.enfuse import EnfuseError, EnfuseNotFoundError
 
 SIZE = (48, 64)  # (H, W): small enough that enfuse runs in a few milliseconds
 FUNCTIONS = {"mean": mean_fusion, "mertens": mertens_fusion, "enfuse": enfuse_fusion}
+MODULES = {"mean": MeanFusion, "mertens": MertensFusion, "enfuse": EnfuseFusion}
 # Enfuse's rounding to 16 bits varies from run to run by one level; the others are exact.
 REPEAT_ATOL = {"mean": 0.0, "mertens": 0.0, "enfuse": 1.5 / 65535}
 
@@ -87,15 +87,21 @@ def test_batch_result_equals_per_image_results(name):
 @pytest.mark.parametrize("name", ALL)
 def test_module_equals_function(name):
     under, over = pair_batch(2)
-    module = BASELINES[name]()
+    module = MODULES[name]()
     assert isinstance(module, torch.nn.Module) and not list(module.parameters())
     torch.testing.assert_close(
         module(under, over), FUNCTIONS[name](under, over), rtol=0, atol=REPEAT_ATOL[name]
     )
 
 
-def test_registry_names_the_module_classes():
-    assert BASELINES == {"mean": MeanFusion, "mertens": MertensFusion, "enfuse": EnfuseFusion}
+@pytest.mark.parametrize("name", ALL)
+def test_registered_method_equals_the_pair_function(name):
+    from textmef.methods import build_method, list_methods
+
+    assert name in list_methods()
+    under, over = pair_batch(1)
+    fused = build_method(name)([under, over])
+    torch.testing.assert_close(fused, FUNCTIONS[name](under, over), rtol=0, atol=1e-6)
 
 
 def test_mertens_tensor_form_equals_numpy_mertens():

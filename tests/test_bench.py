@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from textmef import io
-from textmef.bench import methods as bench_methods
+from textmef import methods as bench_methods
 from textmef.bench import report
-from textmef.bench.methods import MethodOptions, build_method
 from textmef.bench.runner import BenchConfig, match_fused, run_bench, run_eval, select_scenes
 from textmef.bench.scoring import score_image
 from textmef.cli import main
 from textmef.data.triplets import find_triplets, split_by_sequence
 from textmef.errors import InputError
+from textmef.methods import MethodOptions, build_method
 
 # TMQI's five scales of 11x11 windows need sides of at least 161 pixels.
 SIZE = (168, 176)

@@ -8,9 +8,9 @@ from safetensors.torch import save_file
 
 from textmef.checkpoint import load_checkpoint, load_state, read_checkpoint, save_checkpoint
 from textmef.errors import CheckpointError
-from textmef.models import CONFIGS, FusionNet
+from textmef.models import FusionNet, model_config
 
-TINY = CONFIGS["textmef-tiny"]
+TINY = model_config("textmef-tiny")
 
 
 def test_round_trip_restores_config_and_weights(tmp_path):

@@ -10,13 +10,13 @@ import torch
 from textmef import io
 from textmef.checkpoint import save_checkpoint
 from textmef.cli import main
-from textmef.models import CONFIGS, FusionNet
+from textmef.models import FusionNet, model_config
 
 
 @pytest.fixture
 def weights(tmp_path):
     torch.manual_seed(0)
-    return save_checkpoint(FusionNet(CONFIGS["textmef-tiny"]), tmp_path / "tiny.safetensors")
+    return save_checkpoint(FusionNet(model_config("textmef-tiny")), tmp_path / "tiny.safetensors")
 
 
 def write_pair(folder, stem, size=(24, 32), bit_depth=8, suffix=".png"):
@@ -205,9 +205,27 @@ def test_missing_weights_and_no_packaged_checkpoint_are_explained(tmp_path, caps
     assert "nope.safetensors" in err and "no such weights file" in err
 
 
-def test_info_prints_the_c64_parameter_count(capsys):
+def test_info_describes_the_model_fuse_uses_by_default(capsys):
+    from textmef.checkpoint import packaged_weights_path
+
     assert main(["info"]) == 0
-    assert "parameters: 1,275,443" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "model: textmef-c16 " in out and "C = 16, d_state 4" in out
+    assert "parameters: 83,933" in out
+    assert f"weights: {packaged_weights_path()} (packaged" in out
+
+
+def test_info_with_model_textmef_prints_the_c64_parameter_count(capsys):
+    assert main(["info", "--model", "textmef"]) == 0
+    out = capsys.readouterr().out
+    assert "model: textmef (" in out and "parameters: 1,275,443" in out
+    assert "weights: none" in out
+
+
+def test_info_with_weights_names_the_checkpoints_model(weights, capsys):
+    assert main(["info", "--weights", str(weights)]) == 0
+    out = capsys.readouterr().out
+    assert "model: textmef-tiny (" in out and f"weights: {weights}\n" in out
 
 
 def test_console_script_runs_as_a_subprocess(tmp_path):

@@ -34,7 +34,7 @@ from textmef.clip.loading import (
 )
 from textmef.clip.model import CLIP, build_clip
 from textmef.errors import CheckpointError
-from textmef.models import CONFIGS, FusionNet
+from textmef.models import FusionNet, model_config
 
 TINY = CLIP_CONFIGS["tiny"]
 SOT, EOT = 49406, 49407
@@ -352,7 +352,7 @@ def _write_bad(name: str, files: dict[str, Path], path: Path) -> None:
     elif name == "evil.pt":
         torch.save({"state_dict": _Evil()}, path)
     elif name == "fusionnet.safetensors":
-        save_checkpoint(FusionNet(CONFIGS["textmef-tiny"]), path)
+        save_checkpoint(FusionNet(model_config("textmef-tiny")), path)
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))

@@ -132,9 +132,9 @@ def test_unreadable_prompt_files_name_the_file(tmp_path, content):
 
 def test_a_fusion_checkpoint_is_not_taken_for_prompts(tmp_path):
     from textmef.checkpoint import save_checkpoint
-    from textmef.models import CONFIGS, FusionNet
+    from textmef.models import FusionNet, model_config
 
-    path = save_checkpoint(FusionNet(CONFIGS["textmef-tiny"]), tmp_path / "net.safetensors")
+    path = save_checkpoint(FusionNet(model_config("textmef-tiny")), tmp_path / "net.safetensors")
     with pytest.raises(CheckpointError, match="not a textmef prompts file"):
         load_prompts(path)
 

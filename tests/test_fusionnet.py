@@ -1,15 +1,15 @@
-"""FusionNet: architecture facts from DESIGN.md and trainability."""
+"""FusionNet: architecture facts from docs/design.md and trainability."""
 
 import dataclasses
 
 import pytest
 import torch
 
-from textmef.models import CONFIGS, FusionNet, FusionNetConfig, set_scan_backend
+from textmef.models import FusionNet, FusionNetConfig, model_config, set_scan_backend
 from textmef.nn.blocks import AttentionMamba, CGAFusion, DeepFuseBlock, MutualGuidedBlock
 from textmef.nn.mamba import Mamba
 
-TINY = CONFIGS["textmef-tiny"]
+TINY = model_config("textmef-tiny")
 
 
 def count(module):
@@ -17,7 +17,7 @@ def count(module):
 
 
 def test_c64_parameter_count_matches_the_authors_network_without_dead_weights():
-    model = FusionNet(CONFIGS["textmef"])
+    model = FusionNet(model_config("textmef"))
     assert count(model) == 1_275_443
     assert count(model.under_encoder) == 75_712
     assert count(model.under_attention) == 353_024
@@ -80,7 +80,7 @@ def test_bidirectional_mamba_is_used_only_in_deep_fuse():
 
 
 def test_initialisation_follows_the_authors_code():
-    model = FusionNet(CONFIGS["textmef"])
+    model = FusionNet(model_config("textmef"))
     conv = model.refine.conv_in.weight
     assert abs(conv.std().item() - 0.02) < 0.002
     branch = model.under_deep_fuse.mamba.forward_branch

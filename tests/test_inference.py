@@ -9,7 +9,7 @@ import textmef
 from textmef.checkpoint import save_checkpoint
 from textmef.errors import CheckpointError, InputError
 from textmef.inference import fuse_tensors, tile_grid
-from textmef.models import CONFIGS, FusionNet
+from textmef.models import FusionNet, model_config
 
 
 def scene(height, width, seed=1):
@@ -54,9 +54,9 @@ def test_tiled_blending_is_exact_for_a_local_model():
 
 def test_tiled_and_untiled_fusionnet_agree_within_one_level():
     torch.manual_seed(0)
-    model = FusionNet(CONFIGS["textmef-tiny"]).eval()
+    model = FusionNet(model_config("textmef-tiny")).eval()
     under, over = scene(48, 160)  # 4 tiles wide, 2 tiles high at tile=48
-    full = fuse_tensors(model, under, over, tile=None)
+    full = fuse_tensors(model, under, over, tile=0)
     tiled = fuse_tensors(model, under, over, tile=48, overlap=16)
     # The network must change the image noticeably, or agreement would prove nothing.
     assert (full - under - over).abs().mean() > 5 / 255
@@ -64,14 +64,14 @@ def test_tiled_and_untiled_fusionnet_agree_within_one_level():
 
 
 def test_tile_not_larger_than_overlap_is_rejected():
-    with pytest.raises(ValueError, match="larger than overlap"):
+    with pytest.raises(ValueError, match="must exceed overlap"):
         list(tile_grid(100, 100, 16, 16))
 
 
 @pytest.fixture
 def tiny_weights(tmp_path):
     torch.manual_seed(0)
-    return save_checkpoint(FusionNet(CONFIGS["textmef-tiny"]), tmp_path / "tiny.safetensors")
+    return save_checkpoint(FusionNet(model_config("textmef-tiny")), tmp_path / "tiny.safetensors")
 
 
 def test_fuse_returns_the_input_kind(tiny_weights):
@@ -97,7 +97,7 @@ def test_missing_packaged_checkpoint_is_explained(monkeypatch):
     import textmef.api
 
     monkeypatch.setattr(textmef.api, "packaged_weights_path", lambda: None)
-    with pytest.raises(CheckpointError, match="no checkpoint ships"):
+    with pytest.raises(CheckpointError, match="lacks its packaged weights"):
         textmef.load_model()
 
 

@@ -672,7 +672,9 @@ def _ecc_pyramid(
             # where clipping covers much of the frame; unmasked ECC on normalised images is
             # less accurate but still sound, and the finer levels correct it with masks.
             try:
-                rho, matrix = cv2.findTransformECC(
+                # cv2's stubs want a mask array once gaussFiltSize is given, but the binding
+                # takes None for "no mask" (noArray()) as for any optional InputArray.
+                rho, matrix = cv2.findTransformECC(  # type: ignore[call-overload]
                     lr, lm, matrix, motion_type, criteria, None, _ECC_BLUR
                 )
             except cv2.error:

@@ -1,48 +1,33 @@
-"""Python API: ``load_model`` and ``fuse``; the CLI is a thin layer over these."""
+"""The Python API: ``load_model`` and ``fuse``.
+
+:func:`fuse` is the one way a pair becomes a fused image: the command line, the web app,
+stack fusion (:mod:`textmef.stack`), the benchmark's network methods and training's
+validation all go through it, so tiling, device placement, threads, clamping and the
+dtype round trip behave the same everywhere.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
 
 from textmef.checkpoint import load_checkpoint, packaged_weights_path
 from textmef.errors import CheckpointError, InputError
-from textmef.inference import DEFAULT_OVERLAP, DEFAULT_TILE, fuse_tensors
 from textmef.models.fusionnet import FusionNet
+from textmef.runtime import resolve_device, set_threads
+from textmef.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
 
-ImageLike = str | os.PathLike | np.ndarray | torch.Tensor
+__all__ = ["ImageLike", "fuse", "load_model", "resolve_device", "set_threads"]
 
-
-def set_threads(threads: int) -> None:
-    """Use ``threads`` CPU threads for both PyTorch and the numba scan kernels."""
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads)
-    try:
-        import numba
-    except ImportError:
-        return
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """Validate a device name (``cpu``, ``cuda``, ``cuda:1``) with a clear error."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(None, f"unknown device {device!r}; use cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, "device 'cuda' requested but no CUDA GPU is available")
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(None, f"unsupported device {device!r}; use cpu or cuda")
-    return dev
+ImageLike: TypeAlias = "str | os.PathLike[str] | np.ndarray | torch.Tensor"
 
 
 def load_model(
-    weights: str | os.PathLike | None = None,
+    weights: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
     strict: bool = True,
 ) -> FusionNet:
@@ -61,14 +46,15 @@ def load_model(
         if weights is None:
             raise CheckpointError(
                 None,
-                "no checkpoint ships with this version of textmef yet; "
-                "pass weights (--weights PATH) to a .safetensors file",
+                "this installation of textmef lacks its packaged weights "
+                "(textmef/weights/textmef.safetensors); reinstall textmef or pass "
+                "weights (--weights PATH) to a .safetensors file",
             )
     model, _ = load_checkpoint(weights, strict=strict)
     return model.to(resolve_device(device))
 
 
-def _as_tensor(image: ImageLike, name: str) -> tuple[torch.Tensor, dict]:
+def _as_tensor(image: ImageLike, name: str) -> tuple[torch.Tensor, dict[str, Any]]:
     """Normalise any accepted input to (1|B, 3, H, W) float32 plus how to convert back."""
     from textmef import io
 
@@ -83,7 +69,7 @@ def _as_tensor(image: ImageLike, name: str) -> tuple[torch.Tensor, dict]:
             raise InputError(
                 None, f"{name} tensor must be (B,3,H,W) or (3,H,W), got {tuple(image.shape)}"
             )
-        return t, {"kind": "tensor", "batched": image.ndim == 4}
+        return t, {"kind": "tensor", "batched": image.ndim == 4, "device": image.device}
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise InputError(None, f"{name} array must be (H,W,3) RGB, got {image.shape}")
@@ -93,15 +79,17 @@ def _as_tensor(image: ImageLike, name: str) -> tuple[torch.Tensor, dict]:
             "dtype": image.dtype,
         }
     raise InputError(
-        None, f"{name} must be a path, numpy array or torch tensor, got {type(image).__name__}"
+        None,
+        f"{name} must be a path, numpy array or torch tensor, got {type(image).__name__}",
     )
 
 
-def _restore(fused: torch.Tensor, how: dict):
+def _restore(fused: torch.Tensor, how: dict[str, Any]) -> np.ndarray | torch.Tensor:
     from textmef import io
 
-    fused = fused.clamp(0, 1)
+    fused = fused.clamp_(0, 1)
     if how["kind"] == "tensor":
+        fused = fused.to(how["device"])
         return fused if how["batched"] else fused[0]
     pixels = io.from_tensor(fused.cpu())
     dtype = np.dtype(how["dtype"])
@@ -116,35 +104,53 @@ def fuse(
     under: ImageLike,
     over: ImageLike,
     *,
-    model: FusionNet | None = None,
-    weights: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
-    tile: int | None = DEFAULT_TILE,
+    model: torch.nn.Module | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+    tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
-):
+    threads: int | None = None,
+) -> Any:
     """Fuse an under- and an over-exposed image of the same scene.
 
     Args:
-        under: Path, (H,W,3) array (uint8, uint16 or float in [0,1]) or (B,3,H,W) tensor.
+        under: Path, (H,W,3) array (uint8, uint16 or float in [0,1]), (3,H,W) or (B,3,H,W)
+            tensor in [0, 1].
         over: Same kind and size as ``under``.
         model: A loaded model; defaults to ``load_model(weights, device)``.
         weights: Checkpoint used when ``model`` is None (None: the packaged one).
-        device: Where to run when ``model`` is None.
-        tile: Tile side for bounded memory (None fuses in one piece).
+        device: Where to run (``cpu``, ``cuda``); None keeps the model where it is (a
+            model loaded here goes to the CPU). A given model is moved there.
+        tile: Tile side in pixels for bounded memory; 0 fuses the whole image in one piece
+            (see :mod:`textmef.tiling`).
         overlap: Blend width between tiles.
+        threads: CPU threads for PyTorch and the scan kernels (None: leave as set).
 
     Returns:
         The fused image in the form of ``under``: an array of the same dtype (float32 for
-        paths), or a tensor; values clamped to [0, 1] (or the integer range).
+        paths), or a tensor on ``under``'s device; values clamped to [0, 1] (or the
+        integer range).
+
+    Raises:
+        InputError: unreadable or mismatched inputs, bad tile settings or device.
+        CheckpointError: the weights cannot be loaded.
     """
+    from textmef.inference import fuse_tensors
+
+    check_tiling(tile, overlap)
     u, how = _as_tensor(under, "under")
     o, _ = _as_tensor(over, "over")
     if u.shape != o.shape:
         raise InputError(
-            None, f"under and over differ in size: {tuple(u.shape[-2:])} vs {tuple(o.shape[-2:])}"
+            None,
+            f"under and over differ in size: {tuple(u.shape[-2:])} vs {tuple(o.shape[-2:])}",
         )
+    if threads:
+        set_threads(threads)
     if model is None:
-        model = load_model(weights, device)
+        model = load_model(weights, device or "cpu")
+    elif device is not None:
+        model = model.to(resolve_device(device))
     dev = next(model.parameters()).device
     fused = fuse_tensors(model, u.to(dev), o.to(dev), tile=tile, overlap=overlap)
     return _restore(fused, how)

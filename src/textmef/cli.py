@@ -1,4 +1,10 @@
-"""Command line: fuse, train-prompt, make-pairs, train, eval, bench, info (thin, over the API)."""
+"""Command line: fuse, serve, make-pairs, train-prompt, train, eval, bench, info.
+
+Thin, over the library: each command parses its arguments, calls the API and prints.
+Building the parser imports only light modules (defaults and names, no torch, OpenCV,
+numba, Flask or matplotlib), so ``--help`` and ``--version`` answer at once; a command
+imports what it uses when it runs.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +13,14 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from textmef import __version__
+from textmef.argtypes import csv_list, non_negative_int, positive_int
 from textmef.errors import InputError, TextmefError
-from textmef.inference import DEFAULT_OVERLAP, DEFAULT_TILE
+from textmef.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
 
 log = logging.getLogger("textmef")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,17 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fuse.add_argument(
         "--tile",
-        type=_non_negative,
+        type=non_negative_int,
         default=DEFAULT_TILE,
         help=f"tile side in pixels, 0 = whole image at once (default {DEFAULT_TILE})",
     )
     fuse.add_argument(
         "--overlap",
-        type=_non_negative,
+        type=non_negative_int,
         default=DEFAULT_OVERLAP,
         help=f"overlap between tiles in pixels (default {DEFAULT_OVERLAP})",
     )
-    fuse.add_argument("--threads", type=_positive, help="CPU threads (default: all cores)")
+    fuse.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
     fuse.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     fuse.add_argument(
         "--skip-existing",
@@ -101,19 +95,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fuse.set_defaults(run=_cmd_fuse)
 
-    _add_train_prompt(sub)
-    _add_make_pairs(sub)
-    _add_train(sub)
-    _add_eval(sub)
-    _add_bench(sub)
     from textmef.web.cli import add_serve_parser
 
     add_serve_parser(sub)
-
-    info = sub.add_parser("info", help="print the network's size and the available backends")
-    info.add_argument("--config", default="textmef", help="named config (default textmef)")
-    info.set_defaults(run=_cmd_info)
+    _add_make_pairs(sub)
+    _add_train_prompt(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_bench(sub)
+    _add_info(sub)
     return parser
+
+
+def _add_info(sub: Any) -> None:
+    from textmef.models.registry import list_models
+
+    p = sub.add_parser(
+        "info",
+        help="describe the model fuse uses (name, width, parameters, weights) and the backends",
+        description="Describe the model `textmef fuse` uses by default (the packaged "
+        "checkpoint), another checkpoint (--weights), or a registered architecture "
+        "(--model; e.g. --model textmef is the paper's C = 64 network).",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--model", choices=list_models(), help="describe a registered architecture instead"
+    )
+    which.add_argument("--weights", type=Path, help="describe this .safetensors checkpoint")
+    p.set_defaults(run=_cmd_info)
 
 
 def _add_clip_options(parser: argparse.ArgumentParser) -> None:
@@ -134,8 +143,8 @@ def _add_clip_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train_prompt(sub) -> None:
-    from textmef.clip.prompts import PROMPT_MODES
-    from textmef.engine.prompt_training import PromptTrainingConfig
+    from textmef.clip.config import PROMPT_MODES
+    from textmef.engine.prompt_config import PromptTrainingConfig
 
     d = PromptTrainingConfig()
     p = sub.add_parser(
@@ -173,13 +182,13 @@ def _add_train_prompt(sub) -> None:
     )
     p.add_argument(
         "--length",
-        type=_positive,
+        type=positive_int,
         default=d.length,
         help=f"tokens per learnable prompt (default {d.length})",
     )
-    p.add_argument("--epochs", type=_non_negative, default=d.epochs, help=f"default {d.epochs}")
+    p.add_argument("--epochs", type=non_negative_int, default=d.epochs, help=f"default {d.epochs}")
     p.add_argument(
-        "--batch-size", type=_positive, default=d.batch_size, help=f"default {d.batch_size}"
+        "--batch-size", type=positive_int, default=d.batch_size, help=f"default {d.batch_size}"
     )
     p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
     p.add_argument(
@@ -205,46 +214,19 @@ def _add_train_prompt(sub) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=_positive, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
     p.set_defaults(run=_cmd_train_prompt)
-
-
-def _clip_path(args: argparse.Namespace) -> Path:
-    """The CLIP weights file: --clip, $TEXTMEF_CLIP, the cache, or a download."""
-    import os
-
-    from textmef.clip.loading import download_clip
-
-    if args.clip is not None:
-        return args.clip
-    if os.environ.get("TEXTMEF_CLIP"):
-        return Path(os.environ["TEXTMEF_CLIP"])
-    cache = _cache_dir() / "clip"
-    cached = cache / "ViT-B-32.pt"
-    if cached.is_file():
-        return cached
-    if args.clip_download:
-        return download_clip(cache)
-    raise InputError(
-        None,
-        "no CLIP weights: pass --clip FILE (OpenAI's ViT-B-32.pt, an "
-        "open_clip checkpoint or a Hugging Face model.safetensors), set "
-        "TEXTMEF_CLIP, or add --clip-download to fetch ViT-B-32.pt",
-    )
-
-
-def _cache_dir() -> Path:
-    import os
-
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "textmef"
 
 
 def _cmd_train_prompt(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from textmef.api import resolve_device, set_threads
-    from textmef.clip.loading import clip_fingerprint, identify_clip_file, load_clip
+    from textmef.clip.loading import (
+        clip_fingerprint,
+        find_clip_file,
+        identify_clip_file,
+        load_clip,
+    )
     from textmef.data.folders import list_images
     from textmef.engine.prompt_training import PromptTrainingConfig, train_prompts
 
@@ -256,8 +238,7 @@ def _cmd_train_prompt(args: argparse.Namespace) -> int:
         raise InputError(args.output, "prompts are written as .safetensors; use that suffix")
     if args.output.parent and not args.output.parent.is_dir():
         raise InputError(args.output.parent, "no such folder for the output")
-    if args.threads:
-        set_threads(args.threads)
+    _use_threads(args.threads)
     folders = {
         "under": list_images(args.under),
         "over": list_images(args.over),
@@ -275,7 +256,9 @@ def _cmd_train_prompt(args: argparse.Namespace) -> int:
         holdout=args.holdout,
         seed=args.seed,
     )
-    clip_file = _clip_path(args)
+    clip_file = find_clip_file(args.clip, download=args.clip_download)
+    from textmef.runtime import resolve_device
+
     clip = load_clip(clip_file, device=resolve_device(args.device))
     info = {
         "clip_file": clip_file.name,
@@ -342,7 +325,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_make_pairs(sub) -> None:
-    from textmef.data.stacks import PICK_MODES, REFERENCE_METHODS, PairOptions
+    from textmef.data.pair_options import PICK_MODES, REFERENCE_METHODS, PairOptions
 
     d = PairOptions()
     p = sub.add_parser(
@@ -392,7 +375,7 @@ def _add_make_pairs(sub) -> None:
     )
     p.add_argument(
         "--max-side",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="downsize (area filter) so no side exceeds N pixels, before "
         "anything else (default: keep the size)",
@@ -417,7 +400,8 @@ def _cmd_make_pairs(args: argparse.Namespace) -> int:
 
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from textmef.data.stacks import MANIFEST_NAME, PairOptions, make_pairs
+    from textmef.data.pair_options import MANIFEST_NAME, PairOptions
+    from textmef.data.stacks import make_pairs
 
     if args.ev_gap is not None and args.pick != "ev-gap":
         raise InputError(None, "--ev-gap is only used with --pick ev-gap")
@@ -450,15 +434,7 @@ def _cmd_make_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _csv_list(text: str) -> tuple[str, ...]:
-    items = tuple(t.strip() for t in text.split(",") if t.strip())
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated list")
-    return items
-
-
 def _add_eval(sub) -> None:
-    from textmef.bench.scoring import METRICS
 
     p = sub.add_parser(
         "eval",
@@ -479,23 +455,20 @@ def _add_eval(sub) -> None:
     )
     p.add_argument(
         "--metrics",
-        type=_csv_list,
-        help="comma-separated subset of "
-        + ",".join(s.name for s in METRICS)
-        + " (default: all that apply)",
+        type=csv_list,
+        help="comma-separated subset of the metrics, e.g. PSNR,SSIM,QABF (default: all "
+        "that apply; an unknown name lists them all)",
     )
     p.add_argument("--label", help="method name in the reports (default: FUSED_DIR's name)")
-    p.add_argument("--threads", type=_positive, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
     p.set_defaults(run=_cmd_eval)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from textmef.api import set_threads
     from textmef.bench.report import summary_markdown
     from textmef.bench.runner import run_eval
 
-    if args.threads:
-        set_threads(args.threads)
+    _use_threads(args.threads)
     result = run_eval(
         args.fused,
         args.under,
@@ -515,8 +488,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub) -> None:
-    from textmef.bench.methods import DEFAULT_METHODS, METHOD_NAMES
-    from textmef.bench.runner import SPLITS
+    from textmef.bench.config import SPLITS
+    from textmef.methods import DEFAULT_METHODS, list_methods
 
     p = sub.add_parser(
         "bench",
@@ -539,9 +512,9 @@ def _add_bench(sub) -> None:
     )
     p.add_argument(
         "--methods",
-        type=_csv_list,
+        type=csv_list,
         default=DEFAULT_METHODS,
-        help=f"comma-separated, in report order, from {','.join(METHOD_NAMES)} "
+        help=f"comma-separated, in report order, from {','.join(list_methods())} "
         f"(default {','.join(DEFAULT_METHODS)}); methods that cannot run here "
         "are skipped with the reason",
     )
@@ -572,43 +545,41 @@ def _add_bench(sub) -> None:
         help="held-out fraction of that split, as data.val_fraction in training (default 0.1)",
     )
     p.add_argument(
-        "--metrics", type=_csv_list, help="comma-separated subset (default: all that apply)"
+        "--metrics", type=csv_list, help="comma-separated subset (default: all that apply)"
     )
-    p.add_argument("--limit", type=_positive, help="only the first N scenes")
+    p.add_argument("--limit", type=positive_int, help="only the first N scenes")
     p.add_argument(
         "--weights", type=Path, help="checkpoint for the textmef method (default: the packaged one)"
     )
     p.add_argument(
         "--tile",
-        type=_non_negative,
+        type=non_negative_int,
         default=DEFAULT_TILE,
         help=f"network tile side, 0 = whole image (default {DEFAULT_TILE})",
     )
     p.add_argument(
         "--overlap",
-        type=_non_negative,
+        type=non_negative_int,
         default=DEFAULT_OVERLAP,
         help=f"tile overlap (default {DEFAULT_OVERLAP})",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda for the network (default cpu)")
-    p.add_argument("--threads", type=_positive, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
     p.set_defaults(run=_cmd_bench)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from textmef.api import resolve_device, set_threads
-    from textmef.bench.methods import MethodOptions
     from textmef.bench.report import summary_markdown
     from textmef.bench.runner import BenchConfig, run_bench
+    from textmef.methods import MethodOptions
+    from textmef.runtime import resolve_device
 
-    if args.threads:
-        set_threads(args.threads)
-    if args.tile and args.tile <= args.overlap:
-        raise InputError(None, f"--tile ({args.tile}) must exceed --overlap ({args.overlap})")
+    check_tiling(args.tile, args.overlap)
+    _use_threads(args.threads)
     options = MethodOptions(
         weights=args.weights,
         device=str(resolve_device(args.device)),
-        tile=args.tile or None,
+        tile=args.tile,
         overlap=args.overlap,
     )
     config = BenchConfig(
@@ -635,56 +606,59 @@ def _progress(items, desc=None):
     return tqdm(items, desc=desc, unit="img", disable=None, leave=False)
 
 
+def _use_threads(threads: int | None) -> None:
+    if threads:
+        from textmef.runtime import set_threads
+
+        set_threads(threads)
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
-    from textmef.checkpoint import packaged_weights_path
-    from textmef.models import CONFIGS, FusionNet
+    from textmef.checkpoint import packaged_weights_path, read_checkpoint_info
+    from textmef.models import get_model, list_models
+    from textmef.models.fusionnet import FusionNet
     from textmef.ssm.scan import mamba_ssm_available, numba_available
 
-    if args.config not in CONFIGS:
-        raise InputError(None, f"unknown config {args.config!r}; known: {sorted(CONFIGS)}")
-    config = CONFIGS[args.config]
+    if args.model:
+        entry = get_model(args.model)
+        name, config, weights = entry.name, entry.config, None
+        where = "none (this architecture is not trained here; pass --weights to fuse)"
+    else:
+        weights = args.weights or packaged_weights_path()
+        if weights is None:
+            raise InputError(None, "no packaged weights in this installation; pass --weights")
+        info = read_checkpoint_info(weights)
+        name, config = info.model, info.config
+        packaged = args.weights is None
+        where = f"{weights}" + (
+            " (packaged: what `textmef fuse` uses by default)" if packaged else ""
+        )
     model = FusionNet(config)
     total = sum(p.numel() for p in model.parameters())
+    description = get_model(name).description if name in list_models() else "not a registered model"
     print(f"textmef {__version__}")
-    print(f"config {args.config}: {config}")
-    print(f"parameters: {total:,}")
-    for name, child in model.named_children():
-        print(f"  {name:<18} {sum(p.numel() for p in child.parameters()):>10,}")
+    print(f"model: {name} ({description})")
+    print(f"  architecture: {config.describe()}")
+    print(f"  parameters: {total:,}")
+    for part, child in model.named_children():
+        print(f"    {part:<18} {sum(p.numel() for p in child.parameters()):>10,}")
+    print(f"  weights: {where}")
     print(
         f"scan backends: numba={'yes' if numba_available() else 'no'}, torch=yes, "
         f"mamba_ssm={'yes' if mamba_ssm_available() else 'no'}"
     )
-    weights = packaged_weights_path()
-    print(f"packaged weights: {weights if weights else 'none yet'}")
+    print(f"registered models: {', '.join(list_models())} (textmef info --model NAME)")
     return 0
 
 
 def _pairs_from_folders(under_dir: Path, over_dir: Path) -> list[tuple[Path, Path]]:
-    from textmef.io import SUPPORTED_SUFFIXES
+    from textmef.data.pairs import match_by_stem
 
-    for d in (under_dir, over_dir):
-        if not d.is_dir():
-            raise InputError(d, "no such folder")
-
-    def by_stem(folder: Path) -> dict[str, Path]:
-        files = {}
-        for p in sorted(folder.iterdir()):
-            if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES:
-                if p.stem in files:
-                    raise InputError(
-                        p, f"two images share the stem {p.stem!r} ({files[p.stem].name})"
-                    )
-                files[p.stem] = p
-        return files
-
-    unders, overs = by_stem(under_dir), by_stem(over_dir)
-    lonely = sorted(set(unders) ^ set(overs))
-    if lonely:
-        log.warning("no partner for %d image(s), skipped: %s", len(lonely), ", ".join(lonely[:10]))
-    pairs = [(unders[s], overs[s]) for s in sorted(set(unders) & set(overs))]
-    if not pairs:
-        raise InputError(under_dir, f"no pairs of images with matching stems in {over_dir}")
-    return pairs
+    match = match_by_stem([under_dir, over_dir])
+    if match.unmatched:
+        shown = ", ".join(match.unmatched[:10]) + (" ..." if len(match.unmatched) > 10 else "")
+        log.warning("no partner for %d image(s), skipped: %s", len(match.unmatched), shown)
+    return [(under, over) for under, over in match.groups()]
 
 
 def _fuse_files(model, paths: Sequence[Path], out: Path, args: argparse.Namespace) -> str:
@@ -693,7 +667,13 @@ def _fuse_files(model, paths: Sequence[Path], out: Path, args: argparse.Namespac
     from textmef.stack import MISALIGNED_PX, fuse_stack
 
     result = fuse_stack(
-        paths, model, strategy=args.strategy, align=args.align, tile=args.tile, overlap=args.overlap
+        paths,
+        model,
+        strategy=args.strategy,
+        align=args.align,
+        tile=args.tile,
+        overlap=args.overlap,
+        threads=args.threads,
     )
     if result.misalignment_px is not None and result.misalignment_px > MISALIGNED_PX:
         dark, bright = paths[result.order[0]].name, paths[result.order[-1]].name
@@ -719,10 +699,6 @@ def _fuse_files(model, paths: Sequence[Path], out: Path, args: argparse.Namespac
 
 
 def _cmd_fuse(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from textmef.api import load_model, resolve_device, set_threads
-
     folder_mode = args.under is not None or args.over is not None
     if folder_mode and args.images:
         raise InputError(None, "give either UNDER OVER files or --under/--over folders, not both")
@@ -732,17 +708,23 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         raise InputError(
             None, "expected two or more images: textmef fuse UNDER OVER [MORE...] -o OUT"
         )
-    if args.tile and args.tile <= args.overlap:
-        raise InputError(None, f"--tile ({args.tile}) must exceed --overlap ({args.overlap})")
-    if args.threads:
-        set_threads(args.threads)
-    device = resolve_device(args.device)
+    check_tiling(args.tile, args.overlap)
+    from textmef.api import load_model
+    from textmef.runtime import resolve_device
 
+    device = resolve_device(args.device)
     if not folder_mode:
         model = load_model(args.weights, device)
         note = _fuse_files(model, [Path(p) for p in args.images], args.output, args)
         print(f"wrote {args.output}" + (f" ({note})" if note else ""))
         return 0
+    return _fuse_folders(args, device)
+
+
+def _fuse_folders(args: argparse.Namespace, device: Any) -> int:
+    from tqdm import tqdm
+
+    from textmef.api import load_model
 
     pairs = _pairs_from_folders(args.under, args.over)
     if args.output.exists() and not args.output.is_dir():

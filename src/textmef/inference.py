@@ -10,39 +10,14 @@ from __future__ import annotations
 import ctypes
 import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-DEFAULT_TILE = 512
-DEFAULT_OVERLAP = 32
+from textmef.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling, tile_grid
 
-
-def _starts(size: int, tile: int, step: int) -> list[int]:
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, step))
-    starts.append(size - tile)
-    return starts
-
-
-def tile_grid(height: int, width: int, tile: int, overlap: int) -> Iterator[tuple[slice, slice]]:
-    """Yield (rows, cols) slices of tiles covering the image.
-
-    An image of at most ``tile * tile`` pixels is one tile whatever its shape (a 600x400
-    photo is not cut by a 512 tile: cutting would add work and seams without saving memory);
-    larger images are cut into ``tile`` x ``tile`` squares.
-    """
-    if tile <= overlap:
-        raise ValueError(f"tile ({tile}) must be larger than overlap ({overlap})")
-    if height * width <= tile * tile:
-        yield slice(0, height), slice(0, width)
-        return
-    step = tile - overlap
-    for top in _starts(height, tile, step):
-        for left in _starts(width, tile, step):
-            yield slice(top, min(top + tile, height)), slice(left, min(left + tile, width))
+__all__ = ["DEFAULT_OVERLAP", "DEFAULT_TILE", "check_tiling", "fuse_tensors", "tile_grid"]
 
 
 def _edge_profile(overlap: int) -> torch.Tensor:
@@ -94,7 +69,7 @@ def fuse_tensors(
     under: torch.Tensor,
     over: torch.Tensor,
     *,
-    tile: int | None = DEFAULT_TILE,
+    tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     on_tile: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
@@ -104,13 +79,13 @@ def fuse_tensors(
         model: A fusion network taking (under, over).
         under: Under-exposed images, float in [0, 1], (B, 3, H, W), on the model's device.
         over: Over-exposed images, same shape.
-        tile: Tile side in pixels; None or 0 fuses the whole image at once.
+        tile: Tile side in pixels; 0 fuses the whole image at once.
         overlap: Pixels shared by neighbouring tiles, blended linearly.
         on_tile: Called as ``on_tile(done, total)`` after each tile (progress bars).
     """
     tune_allocator()
     height, width = under.shape[-2:]
-    tiles = list(tile_grid(height, width, tile, overlap)) if tile else []
+    tiles = list(tile_grid(height, width, tile, overlap))
     if len(tiles) <= 1:
         out = model(under, over)
         if on_tile:

@@ -21,13 +21,19 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from torch import nn
-
-from textmef import io
 from textmef.errors import InputError
+from textmef.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+
+# numpy, torch and the image I/O are imported where they are used: the command line reads
+# the strategy names from this module without loading them.
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from textmef.exposure import Frame
 
 __all__ = [
     "DEFAULT_STRATEGY",
@@ -47,7 +53,7 @@ DEFAULT_STRATEGY = "extremes"
 MISALIGNED_PX = 1.0
 
 # fuse(under, over) on (1, 3, H, W) tensors in [0, 1] -> (1, 3, H, W) in [0, 1]
-PairFusion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+PairFusion = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,28 +80,21 @@ class StackFusion:
     misalignment_px: float | None = None
 
 
-def load_frames(paths: Sequence[str | os.PathLike[str]]):
-    """Read frames for stack fusion, as :class:`textmef.data.stacks.Frame` objects.
+def load_frames(paths: Sequence[str | os.PathLike[str]]) -> list[Frame]:
+    """Read frames for stack fusion, as :class:`textmef.exposure.Frame` objects.
 
     Raises:
         InputError: an unreadable file, fewer than two files, or mixed sizes (naming both).
     """
-    from textmef.data.stacks import Frame, mean_luminance, read_exposure_time
+    from textmef import io
+    from textmef.exposure import make_frame
 
     if len(paths) < 2:
         raise InputError(None, f"fusion needs at least 2 images, got {len(paths)}")
     frames = []
     for path in map(Path, paths):
         image = io.read_image(path)
-        frames.append(
-            Frame(
-                path=path,
-                pixels=image.pixels,
-                bit_depth=image.bit_depth,
-                exposure_time=read_exposure_time(path),
-                mean_luminance=mean_luminance(image.pixels),
-            )
-        )
+        frames.append(make_frame(path, image.pixels, image.bit_depth))
     first = frames[0]
     for frame in frames[1:]:
         if frame.pixels.shape != first.pixels.shape:
@@ -109,9 +108,9 @@ def load_frames(paths: Sequence[str | os.PathLike[str]]):
     return frames
 
 
-def order_frames(frames) -> tuple[list[int], str]:
+def order_frames(frames: Sequence[Frame]) -> tuple[list[int], str]:
     """Indices of ``frames`` from darkest to brightest, and the ordering method used."""
-    from textmef.data.stacks import order_by_exposure
+    from textmef.exposure import order_by_exposure
 
     ordered, how = order_by_exposure(frames)
     index = {id(f): i for i, f in enumerate(frames)}
@@ -147,14 +146,42 @@ def fuse_frames(
     return fused
 
 
+def network_pair_fusion(
+    model: nn.Module,
+    *,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    device: str | torch.device | None = None,
+    threads: int | None = None,
+) -> PairFusion:
+    """The network as a :data:`PairFusion`, through :func:`textmef.api.fuse`."""
+    from textmef import api
+
+    def pair(darker: torch.Tensor, brighter: torch.Tensor) -> torch.Tensor:
+        fused: torch.Tensor = api.fuse(
+            darker,
+            brighter,
+            model=model,
+            device=device,
+            tile=tile,
+            overlap=overlap,
+            threads=threads,
+        )
+        return fused
+
+    return pair
+
+
 def fuse_stack(
     paths: Sequence[str | os.PathLike[str]],
     model: nn.Module,
     *,
     strategy: str = DEFAULT_STRATEGY,
     align: bool = False,
-    tile: int | None = None,
-    overlap: int | None = None,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    device: str | torch.device | None = None,
+    threads: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> StackFusion:
     """Read, order, optionally align, and fuse a stack of N >= 2 exposures.
@@ -166,15 +193,19 @@ def fuse_stack(
         align: register the frames first and crop to their common area: a pair to the
             darker frame, a longer stack to its middle exposure (which shares the most
             unclipped detail with both ends).
-        tile: tile side for the network (None: the default; 0: whole image).
-        overlap: tile overlap (None: the default).
+        tile: tile side for the network (0: whole image), as in :func:`textmef.api.fuse`.
+        overlap: tile overlap.
+        device: where the network runs (None: where the model is).
+        threads: CPU threads (None: leave as set).
         on_step: progress callback ``on_step(done, total)`` per network pass.
 
     Raises:
         InputError: unreadable or mismatched files, unknown strategy, alignment failure.
     """
-    from textmef.inference import DEFAULT_OVERLAP, DEFAULT_TILE, fuse_tensors
+    from textmef import io
+    from textmef.tiling import check_tiling
 
+    check_tiling(tile, overlap)
     frames = load_frames(paths)
     order, ordering = order_frames(frames)
     pixels = [frames[i].pixels for i in order]
@@ -192,18 +223,8 @@ def fuse_stack(
         motions = [""] * len(frames)
         for rank, i in enumerate(order):
             motions[i] = by_sorted[rank]
-    device = next(model.parameters()).device
-    tile = DEFAULT_TILE if tile is None else (tile or None)
-    overlap = DEFAULT_OVERLAP if overlap is None else overlap
-
-    @torch.no_grad()
-    def pair(darker: torch.Tensor, brighter: torch.Tensor) -> torch.Tensor:
-        return fuse_tensors(
-            model, darker.to(device), brighter.to(device), tile=tile, overlap=overlap
-        ).cpu()
-
-    tensors = [io.to_tensor(p) for p in pixels]
-    fused = fuse_frames(tensors, pair, strategy, on_step)
+    pair = network_pair_fusion(model, tile=tile, overlap=overlap, device=device, threads=threads)
+    fused = fuse_frames([io.to_tensor(p) for p in pixels], pair, strategy, on_step)
     used = [order[0], order[-1]] if strategy == "extremes" else list(order)
     return StackFusion(
         image=io.from_tensor(fused),

@@ -3,12 +3,10 @@
 Each baseline is a function ``xxx_fusion(under, over)`` and an ``nn.Module`` without
 parameters, both called like :class:`textmef.models.fusionnet.FusionNet`: two float
 tensors of shape (B, 3, H, W) or (3, H, W), RGB in [0, 1], in; one fused float32 tensor of
-the same shape and device, in [0, 1], out. :data:`BASELINES` names the module classes so a
-benchmark can build them all alike. ``mertens(frames)`` and ``enfuse_frames(frames)`` take any
-number of frames as numpy arrays (exposure stacks).
+the same shape and device, in [0, 1], out. ``mertens(frames)`` and ``enfuse_frames(frames)``
+take any number of frames as numpy arrays (exposure stacks). The registry that names them
+for the benchmark and the web app is :mod:`textmef.methods`.
 """
-
-from torch import nn
 
 from textmef.baselines.enfuse import (
     EnfuseError,
@@ -22,14 +20,7 @@ from textmef.baselines.enfuse import (
 from textmef.baselines.mean import MeanFusion, mean_fusion
 from textmef.baselines.mertens import MertensFusion, mertens, mertens_fusion
 
-BASELINES: dict[str, type[nn.Module]] = {
-    "mean": MeanFusion,
-    "mertens": MertensFusion,
-    "enfuse": EnfuseFusion,
-}
-
 __all__ = [
-    "BASELINES",
     "EnfuseError",
     "EnfuseFusion",
     "EnfuseNotFoundError",

@@ -246,7 +246,8 @@ def _read_output(path: Path, stderr: str) -> np.ndarray:
     image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.ndim != 3 or image.shape[2] not in (3, 4):
         raise EnfuseError(f"enfuse wrote an image that is not RGB: {_tail(stderr)}")
-    rgb = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_BGR2RGB)
+    # Typed as any ndarray: cv2's stubs give integer | floating, which np.iinfo refuses.
+    rgb: np.ndarray = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_BGR2RGB)
     if rgb.dtype.kind == "f":  # extra_args may ask for --depth=r32 or r64
         return rgb.astype(np.float32)
     return rgb.astype(np.float32) / np.float32(np.iinfo(rgb.dtype).max)

@@ -102,7 +102,8 @@ class MertensFusion(nn.Module):
 
     def __init__(self, weights: tuple[float, float, float] = PAPER_WEIGHTS) -> None:
         super().__init__()
-        self.weights = tuple(float(w) for w in weights)
+        contrast, saturation, exposedness = weights
+        self.weights = (float(contrast), float(saturation), float(exposedness))
 
     def forward(self, under: torch.Tensor, over: torch.Tensor) -> torch.Tensor:
         """Fuse with Mertens exposure fusion; see :func:`mertens_fusion`."""

@@ -31,59 +31,17 @@ import torch
 
 from textmef import io
 from textmef.bench import report
-from textmef.bench.methods import (
-    DEFAULT_METHODS,
-    METHOD_NAMES,
-    MethodOptions,
-    build_method,
-    method_description,
-    unavailable_reason,
-)
+from textmef.bench.config import SPLITS, BenchConfig
 from textmef.bench.scoring import MetricSpec, resolve_metrics, score_image
 from textmef.data.folders import list_images
 from textmef.data.triplets import find_triplets, split_by_sequence
 from textmef.errors import InputError
+from textmef.methods import build_method, list_methods, method_description, unavailable_reason
 
-__all__ = ["BenchConfig", "EvalResult", "match_fused", "run_bench", "run_eval"]
+__all__ = ["SPLITS", "BenchConfig", "EvalResult", "match_fused", "run_bench", "run_eval"]
 
-SPLITS = ("all", "train", "val")
 # progress(items, desc=...) -> iterable over items, e.g. a tqdm bar.
 Progress = Callable[..., Sequence]
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """Settings of one ``textmef bench`` run.
-
-    Attributes:
-        data: a triplet folder (``under/ over/`` and optionally ``gt/``, e.g. made by
-            ``textmef make-pairs``) or SICE's ``trainA/ trainB/ trainC/``.
-        out: the report folder (created; reused when it exists).
-        methods: method names, in report order.
-        stacks: ``data`` is a folder of exposure stacks (as ``textmef make-pairs`` takes):
-            every method fuses all frames of a stack, darkest first.
-        references: with ``stacks``, a folder of references named like make-pairs names
-            the stacks (e.g. make-pairs' ``gt/``); optional.
-        split: ``all`` scenes, or the ``train`` / ``val`` part of the fixed split by name
-            hash that training uses.
-        val_fraction: the split's held-out fraction (training's ``data.val_fraction``).
-        metrics: metric names, or None for every metric the data allows.
-        limit: only the first N scenes (by name) after splitting; None for all.
-        method_options: how to build the network method.
-        grid_height: thumbnail height of the per-scene grids.
-    """
-
-    data: Path
-    out: Path
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    stacks: bool = False
-    references: Path | None = None
-    split: str = "all"
-    val_fraction: float = 0.1
-    metrics: tuple[str, ...] | None = None
-    limit: int | None = None
-    method_options: MethodOptions = field(default_factory=MethodOptions)
-    grid_height: int = 240
 
 
 @dataclass(frozen=True)
@@ -530,12 +488,12 @@ def run_bench(
         InputError: bad data folder, unknown method or metric, no runnable method.
     """
     progress = progress or (lambda items, desc=None: items)
-    unknown = [m for m in config.methods if m not in METHOD_NAMES]
+    known = list_methods()
+    unknown = [m for m in config.methods if m not in known]
     if unknown or not config.methods:
         raise InputError(
             None,
-            f"unknown method(s) {', '.join(unknown) or '(none given)'}; "
-            f"known: {', '.join(METHOD_NAMES)}",
+            f"unknown method(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}",
         )
     scenes = select_scenes(config)
     with_gt = all(s.gt is not None for s in scenes)

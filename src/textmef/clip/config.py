@@ -7,6 +7,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+# How stage 1 builds its prompts (the paper's ablation): three learnable prompts, one
+# learnable negative plus one positive, or handcrafted texts.
+PROMPT_MODES = ("learned", "pos-neg", "fixed")
+
 
 @dataclass(frozen=True)
 class VisionConfig:

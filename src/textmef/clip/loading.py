@@ -37,10 +37,10 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from textmef.checkpoint import load_state
 from textmef.clip.config import CLIP_CONFIGS, CLIPConfig, TextConfig, VisionConfig
 from textmef.clip.model import CLIP
-from textmef.errors import CheckpointError
+from textmef.errors import CheckpointError, InputError
+from textmef.serialization import load_state
 
 log = logging.getLogger(__name__)
 
@@ -677,3 +677,38 @@ def download_clip(dest_dir: str | Path, source: str = "openai", *, timeout: floa
         if os.path.exists(tmp):
             os.unlink(tmp)
     return dest
+
+
+def clip_cache_dir() -> Path:
+    """Where downloaded CLIP weights live: ``$XDG_CACHE_HOME/textmef/clip`` or
+    ``~/.cache/textmef/clip``."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "textmef" / "clip"
+
+
+def find_clip_file(clip: str | os.PathLike[str] | None = None, download: bool = False) -> Path:
+    """The CLIP weights file to use: ``clip``, ``$TEXTMEF_CLIP``, the cache, or a download.
+
+    Args:
+        clip: a file the user named; returned as it is (loading checks it).
+        download: when nothing else is found, download OpenAI's ViT-B-32.pt into the cache
+            (sha256-verified; needs the internet). Never done unless asked.
+
+    Raises:
+        InputError: no file given, none in the environment or cache, and no download asked.
+    """
+    if clip is not None:
+        return Path(clip)
+    if os.environ.get("TEXTMEF_CLIP"):
+        return Path(os.environ["TEXTMEF_CLIP"])
+    cached = clip_cache_dir() / "ViT-B-32.pt"
+    if cached.is_file():
+        return cached
+    if download:
+        return download_clip(clip_cache_dir())
+    raise InputError(
+        None,
+        "no CLIP weights: pass --clip FILE (OpenAI's ViT-B-32.pt, an open_clip checkpoint "
+        "or a Hugging Face model.safetensors), set TEXTMEF_CLIP, or add --clip-download to "
+        "fetch ViT-B-32.pt",
+    )

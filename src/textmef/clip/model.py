@@ -110,6 +110,9 @@ class CLIP(nn.Module):
     :meth:`image_features` resizes and normalises them differentiably.
     """
 
+    pixel_mean: torch.Tensor  # buffers, registered in __init__
+    pixel_std: torch.Tensor
+
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
         self.config = config
@@ -141,12 +144,14 @@ class CLIP(nn.Module):
         for tower in (self.visual.transformer, self.transformer):
             proj_std = tower.width**-0.5 * (2 * tower.layers) ** -0.5
             for block in tower.resblocks:
-                nn.init.normal_(block.attn.in_proj_weight, std=tower.width**-0.5)
-                nn.init.zeros_(block.attn.in_proj_bias)
-                nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-                nn.init.zeros_(block.attn.out_proj.bias)
-                nn.init.normal_(block.mlp.c_fc.weight, std=(2 * tower.width) ** -0.5)
-                nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+                # By name: ModuleList and Sequential hand back untyped modules.
+                param = block.get_parameter
+                nn.init.normal_(param("attn.in_proj_weight"), std=tower.width**-0.5)
+                nn.init.zeros_(param("attn.in_proj_bias"))
+                nn.init.normal_(param("attn.out_proj.weight"), std=proj_std)
+                nn.init.zeros_(param("attn.out_proj.bias"))
+                nn.init.normal_(param("mlp.c_fc.weight"), std=(2 * tower.width) ** -0.5)
+                nn.init.normal_(param("mlp.c_proj.weight"), std=proj_std)
         with torch.no_grad():
             self.logit_scale.fill_(math.log(1 / 0.07))
 

@@ -23,11 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from textmef.clip.config import CLIPConfig
+from textmef.clip.config import PROMPT_MODES, CLIPConfig
 from textmef.clip.model import CLIP
 from textmef.errors import CheckpointError
 
-PROMPT_MODES = ("learned", "pos-neg", "fixed")
 # Exposure classes of the training images, in the authors' label order.
 EXPOSURES = ("over", "under", "well")
 HANDCRAFTED = ("an over-exposed photo", "an under-exposed photo", "a well-exposed photo")
@@ -250,7 +249,7 @@ def save_prompts(
         fingerprint: ``clip_fingerprint(clip)``, the CLIP's weight identity.
         info: JSON-serialisable facts to keep (training recipe, accuracy, data).
     """
-    from textmef.checkpoint import save_safetensors_atomic
+    from textmef.serialization import save_safetensors_atomic
 
     with torch.no_grad():
         features = learner.text_features(clip)

@@ -10,7 +10,7 @@ one per process on first use. Importing this module reads no file.
 
 Example:
     >>> from textmef.clip.tokenizer import get_tokenizer
-    >>> tokens = get_tokenizer()(["a well-exposed photo"])  # LongTensor of shape (1, 77)
+    >>> tokens = get_tokenizer()(["a well-exposed photo"])  # torch.long tensor of shape (1, 77)
 """
 
 from __future__ import annotations
@@ -296,7 +296,7 @@ class Tokenizer:
         texts: str | Sequence[str],
         context_length: int = DEFAULT_CONTEXT_LENGTH,
         truncate: bool = False,
-    ) -> torch.LongTensor:
+    ) -> torch.Tensor:
         """Tokenize texts into a zero-padded id tensor, like ``clip.tokenize``.
 
         Each row is ``<|startoftext|>``, the text's ids, ``<|endoftext|>``, then zeros, so the

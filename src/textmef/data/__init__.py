@@ -1,5 +1,6 @@
-"""Datasets and image-folder helpers for training."""
+"""Training and evaluation data: image folders, pairs and triplets, exposure stacks.
 
-from textmef.data.folders import list_images, split_holdout
-
-__all__ = ["list_images", "split_holdout"]
+Submodules are imported where they are used (``textmef.data.folders``,
+``textmef.data.pairs``, ``textmef.data.triplets``, ``textmef.data.stacks``), so that the
+command line can read option defaults from ``textmef.data.pair_options`` cheaply.
+"""

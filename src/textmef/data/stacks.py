@@ -9,13 +9,8 @@ Definitions used throughout (and recorded in the manifest):
 
 * **Stack**: a folder that directly holds at least two images of one size. Folders and
   files whose names start with a dot are ignored.
-* **Mean luminance**: the mean over pixels of Rec.709 luminance
-  ``0.2126 R + 0.7152 G + 0.0722 B`` computed on *linearised* values ``v ** 2.2``. Camera
-  files are gamma-encoded; linearising first makes the number proportional to the light
-  recorded, so it grows with exposure and ratios between frames mean something.
-* **Exposure order**: by EXIF ExposureTime when every frame of the stack has one and they
-  are not all equal (aperture and ISO are assumed fixed, as in ordinary bracketing), ties
-  broken by mean luminance; otherwise by mean luminance. Remaining ties go by file name.
+* **Mean luminance** and **exposure order**: as :mod:`textmef.exposure` defines them (the
+  same order ``textmef fuse`` uses for stacks).
 * **Relative exposure** (in stops, 0 for the darkest frame): ``log2`` of the EXIF time
   ratios, or, without EXIF, chained estimates between neighbouring frames: the median of
   ``Y_brighter / Y_darker`` over pixels whose three channels lie in [0.1, 0.9] in both
@@ -42,23 +37,45 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import PIL.ExifTags
-import PIL.Image
 
 from textmef import __version__, baselines, io
 from textmef.baselines.mertens import OPENCV_DEFAULT_WEIGHTS, opencv_serial
+from textmef.data.pair_options import MANIFEST_NAME, PICK_MODES, REFERENCE_METHODS, PairOptions
 from textmef.errors import InputError
+from textmef.exposure import (
+    GAMMA,
+    ORDER_EXIF,
+    Frame,
+    linear_luma,
+    make_frame,
+    mean_luminance,
+    order_by_exposure,
+    read_exposure_time,
+)
+
+# Re-exported: make-pairs' public names from before the exposure module existed.
+__all__ = [
+    "MANIFEST_NAME",
+    "PICK_MODES",
+    "REFERENCE_METHODS",
+    "Frame",
+    "NotAStackError",
+    "PairOptions",
+    "Reference",
+    "find_stacks",
+    "list_stack_images",
+    "load_stack",
+    "make_pairs",
+    "mean_luminance",
+    "order_by_exposure",
+    "read_exposure_time",
+    "relative_exposures",
+]
 
 log = logging.getLogger("textmef")
 
-PICK_MODES = ("extremes", "ev-gap")
-REFERENCE_METHODS = ("mertens", "hdr", "best")
-ORDER_EXIF = "exif"
-ORDER_LUMINANCE = "luminance"
-MANIFEST_NAME = "manifest.json"
 OUTPUT_KINDS = ("under", "over", "gt")
 
-_GAMMA = 2.2
 _REC709 = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
 _WELL_EXPOSED = (0.1, 0.9)  # gamma-encoded values trusted for exposure ratios
 _MIN_SHARED = 64  # well-exposed pixels two frames must share to estimate their ratio
@@ -77,65 +94,6 @@ Scorer = Callable[[np.ndarray, np.ndarray], float]
 
 class NotAStackError(InputError):
     """A folder found under the stacks root is not a usable stack (the message says why)."""
-
-
-@dataclass(frozen=True)
-class PairOptions:
-    """How ``make_pairs`` turns stacks into triplets.
-
-    Attributes:
-        pick: ``"extremes"`` (darkest and brightest frame) or ``"ev-gap"``.
-        ev_gap: for ``pick="ev-gap"``, the wanted exposure gap between the pair in stops.
-        reference: ``"mertens"``, ``"hdr"`` or ``"best"`` (higher MEF-SSIM of the two).
-        max_side: downsize (INTER_AREA) so that no side exceeds this, before anything
-            else; None keeps the size.
-        skip_existing: keep a stack's outputs and manifest entry when all three files and
-            the entry of a previous run exist.
-        align: register every frame to the middle exposure (:func:`textmef.align.
-            align_frames`) and crop all to the common area before anything else.
-    """
-
-    pick: str = "extremes"
-    ev_gap: float = 2.0
-    reference: str = "best"
-    max_side: int | None = None
-    skip_existing: bool = False
-    align: bool = False
-
-    def __post_init__(self) -> None:
-        if self.pick not in PICK_MODES:
-            raise InputError(None, f"pick must be one of {PICK_MODES}, not {self.pick!r}")
-        if self.reference not in REFERENCE_METHODS:
-            raise InputError(
-                None, f"reference must be one of {REFERENCE_METHODS}, not {self.reference!r}"
-            )
-        if not (math.isfinite(self.ev_gap) and self.ev_gap > 0):
-            raise InputError(
-                None, f"the EV gap must be a positive number of stops, not {self.ev_gap}"
-            )
-        if self.max_side is not None and self.max_side < io.MIN_SIDE:
-            raise InputError(
-                None, f"max side must be at least {io.MIN_SIDE} pixels, not {self.max_side}"
-            )
-
-
-@dataclass(frozen=True, eq=False)
-class Frame:
-    """One exposure of a stack.
-
-    Attributes:
-        path: the file it was read from.
-        pixels: float32 (H, W, 3) RGB in [0, 1], already downsized if asked.
-        bit_depth: 8 or 16, of the file.
-        exposure_time: EXIF ExposureTime in seconds, or None.
-        mean_luminance: see the module docstring.
-    """
-
-    path: Path
-    pixels: np.ndarray
-    bit_depth: int
-    exposure_time: float | None
-    mean_luminance: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,28 +154,6 @@ def list_stack_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and _is_image_name(p.name))
 
 
-def read_exposure_time(path: str | os.PathLike[str]) -> float | None:
-    """The EXIF ExposureTime of an image file in seconds, or None when it has none."""
-    try:
-        with PIL.Image.open(path) as im:
-            exif = im.getexif()
-    except Exception:  # Pillow cannot parse every file OpenCV can; no EXIF then
-        return None
-    value = exif.get_ifd(PIL.ExifTags.IFD.Exif).get(PIL.ExifTags.Base.ExposureTime)
-    if value is None:  # a few writers put it in IFD0
-        value = exif.get(PIL.ExifTags.Base.ExposureTime)
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
-    return seconds if math.isfinite(seconds) and seconds > 0 else None
-
-
-def mean_luminance(pixels: np.ndarray) -> float:
-    """Mean Rec.709 luminance of gamma-2.2-linearised RGB pixels in [0, 1]."""
-    return float(_linear_luma(pixels).mean(dtype=np.float64))
-
-
 def load_stack(folder: str | os.PathLike[str], max_side: int | None = None) -> list[Frame]:
     """Read the frames of one stack, in file-name order.
 
@@ -243,33 +179,8 @@ def load_stack(folder: str | os.PathLike[str], max_side: int | None = None) -> l
     frames = []
     for path, image in zip(paths, images):
         pixels = _downsize(image.pixels, max_side)
-        frames.append(
-            Frame(
-                path=path,
-                pixels=pixels,
-                bit_depth=image.bit_depth,
-                exposure_time=read_exposure_time(path),
-                mean_luminance=mean_luminance(pixels),
-            )
-        )
+        frames.append(make_frame(path, pixels, image.bit_depth))
     return frames
-
-
-def order_by_exposure(frames: Sequence[Frame]) -> tuple[list[Frame], str]:
-    """Sort frames from darkest to brightest exposure.
-
-    Args:
-        frames: the frames of one stack.
-
-    Returns:
-        The sorted frames and the method used, ``"exif"`` or ``"luminance"``.
-    """
-    times = [f.exposure_time for f in frames]
-    if all(t is not None for t in times) and len(set(times)) > 1:
-        return sorted(
-            frames, key=lambda f: (f.exposure_time, f.mean_luminance, f.path.name)
-        ), ORDER_EXIF
-    return sorted(frames, key=lambda f: (f.mean_luminance, f.path.name)), ORDER_LUMINANCE
 
 
 def relative_exposures(frames: Sequence[Frame], ordering: str) -> np.ndarray:
@@ -306,7 +217,7 @@ def estimate_ev_step(darker: np.ndarray, brighter: np.ndarray) -> float:
         & (brighter.min(axis=2) >= lo)
         & (brighter.max(axis=2) <= hi)
     )
-    y_dark, y_bright = _linear_luma(darker), _linear_luma(brighter)
+    y_dark, y_bright = linear_luma(darker), linear_luma(brighter)
     if np.count_nonzero(shared) >= _MIN_SHARED:
         ratio = float(np.median(y_bright[shared] / y_dark[shared]))
     else:
@@ -406,7 +317,7 @@ def hdr_tonemap(frames: Sequence[np.ndarray], ev: Sequence[float]) -> np.ndarray
     radiance = np.where(images[-1] <= black, np.minimum(radiance, brightest_alone), radiance)
     radiance = _finite_positive(radiance)
     with opencv_serial():
-        mapped = cv2.createTonemapDrago(_GAMMA, 1.0, 0.85).process(radiance.astype(np.float32))
+        mapped = cv2.createTonemapDrago(GAMMA, 1.0, 0.85).process(radiance.astype(np.float32))
     return _lift_dark(_to_rgb01(mapped))
 
 
@@ -681,10 +592,6 @@ def _downsize(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
     scale = max_side / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
-
-
-def _linear_luma(pixels: np.ndarray) -> np.ndarray:
-    return np.power(np.clip(pixels, 0, 1), _GAMMA, dtype=np.float32) @ _REC709
 
 
 def _bgr255(pixels: np.ndarray) -> np.ndarray:

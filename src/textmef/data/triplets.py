@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from textmef import io
-from textmef.data.folders import list_images
+from textmef.data.pairs import match_by_stem
 from textmef.errors import InputError
 
 # Folder names per role: ours, then SICE's (trainA = under, trainB = over, trainC = reference).
@@ -63,13 +63,10 @@ def find_triplets(root: str | Path, require_gt: bool = True) -> list[Triplet]:
         )
     if not (root / layout[2]).is_dir():
         layout = layout[:2]
-    by_stem = [{p.stem: p for p in list_images(root / name)} for name in layout]
-    stems = sorted(set.intersection(*(set(d) for d in by_stem)))
-    if not stems:
-        raise InputError(root, f"no file stem is present in all of {', '.join(layout)}")
+    match = match_by_stem([root / name for name in layout])
     return [
-        Triplet(s, by_stem[0][s], by_stem[1][s], by_stem[2][s] if len(layout) == 3 else None)
-        for s in stems
+        Triplet(stem, paths[0], paths[1], paths[2] if len(paths) == 3 else None)
+        for stem, paths in zip(match.stems, match.groups())
     ]
 
 

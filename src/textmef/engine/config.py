@@ -57,7 +57,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimiser and schedule (DESIGN §5; the authors' Adam betas).
+    """Optimiser and schedule (docs/design.md §5; the authors' Adam betas).
 
     Attributes:
         lr: Initial learning rate.
@@ -217,7 +217,12 @@ def add_override_flags(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(f"{name} (overrides the config file)")
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                raise TypeError(f"{cls.__name__}.{f.name} has no default")
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             group.add_argument(
                 f"--{name}.{f.name}",

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from textmef import io
-from textmef.checkpoint import save_safetensors_atomic
 from textmef.clip.model import CLIP
 from textmef.clip.prompts import (
     EXPOSURES,
@@ -31,45 +30,15 @@ from textmef.clip.prompts import (
 )
 from textmef.data.folders import split_holdout
 from textmef.data.triplets import dihedral
+from textmef.engine.prompt_config import PromptTrainingConfig
 from textmef.errors import CheckpointError, InputError
+from textmef.serialization import save_safetensors_atomic
 
 log = logging.getLogger(__name__)
 
 DIHEDRAL_VIEWS = 8
 STATE_FILE = "prompt-state.safetensors"
 FEATURES_FILE = "features.safetensors"
-
-
-@dataclass(frozen=True)
-class PromptTrainingConfig:
-    """Stage 1 recipe; the defaults are the authors' (``train_prompt.py``).
-
-    Attributes:
-        mode: ``learned`` (three prompts), ``pos-neg`` or ``fixed``.
-        length: Learnable tokens per prompt.
-        texts: Handcrafted texts for ``fixed`` (empty: the packaged defaults).
-        lr: Adam learning rate.
-        weight_decay: Adam (L2) weight decay.
-        batch_size: Images per step.
-        epochs: Passes over the (class-balanced) training list.
-        augment: Draw one of the 8 flips/rotations per image and step.
-        holdout: Fraction of each folder kept out of training for the accuracy report.
-        seed: Seeds the prompt initialisation, the split, the order and the augmentations.
-    """
-
-    mode: str = "learned"
-    length: int = 16
-    texts: tuple[str, ...] = ()
-    lr: float = 5e-5
-    weight_decay: float = 1e-3
-    batch_size: int = 16
-    epochs: int = 180
-    augment: bool = True
-    holdout: float = 0.1
-    seed: int = 0
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
 @dataclass

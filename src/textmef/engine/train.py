@@ -43,7 +43,8 @@ from textmef.data.triplets import (
 from textmef.engine.config import TrainConfig
 from textmef.errors import CheckpointError, InputError, TextmefError
 from textmef.io import atomic_path
-from textmef.models.fusionnet import CONFIGS, FusionNet, FusionNetConfig
+from textmef.models import FusionNetConfig, model_config
+from textmef.models.fusionnet import FusionNet
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +111,8 @@ def init_distributed(device: str) -> Distributed:
 
 
 def build_model_config(config: TrainConfig) -> FusionNetConfig:
-    if config.model.name not in CONFIGS:
-        raise InputError(None, f"unknown model {config.model.name!r}; known: {sorted(CONFIGS)}")
-    base = CONFIGS[config.model.name]
+    """The registered architecture ``model.name`` with the config's width/d_state overrides."""
+    base = model_config(config.model.name)
     changes = {
         k: v for k, v in (("width", config.model.width), ("d_state", config.model.d_state)) if v
     }
@@ -221,14 +221,14 @@ def validate(
     model: FusionNet, data: ValidationSet, device: torch.device
 ) -> tuple[float, float, list[dict]]:
     """Mean PSNR / SSIM of the clamped fusion against the references, and per-sequence rows."""
-    from textmef.inference import fuse_tensors
+    from textmef.api import fuse
     from textmef.metrics import psnr, ssim
 
     was_training = model.training
     model.eval()
     rows = []
     for name, u, o, g in zip(data.names, data.unders, data.overs, data.gts):
-        fused = fuse_tensors(model, u.to(device), o.to(device)).clamp(0, 1).cpu()
+        fused = fuse(u, o, model=model, device=device)
         rows.append({"name": name, "psnr": float(psnr(fused, g)), "ssim": float(ssim(fused, g))})
     model.train(was_training)
     return (
@@ -261,7 +261,7 @@ def train(
     dist_info = init_distributed(config.run.device)
     if not dist_info.main:
         report = _silent  # only rank 0 talks
-    from textmef.api import resolve_device, set_threads
+    from textmef.runtime import resolve_device, set_threads
 
     device = resolve_device(config.run.device)
     if device.type == "cuda" and dist_info.active:

@@ -35,6 +35,8 @@ class CLIPExposureLoss(nn.Module):
         well_index: Which prompt is the well-exposed one.
     """
 
+    text_features: torch.Tensor  # a buffer, registered in __init__
+
     def __init__(self, clip: CLIP, text_features: torch.Tensor, well_index: int = -1) -> None:
         super().__init__()
         self.clip = clip.eval().requires_grad_(False)

@@ -164,6 +164,7 @@ def _to_gray255(images: torch.Tensor, quantize: bool) -> torch.Tensor:
             gray = plane.mul_(weight)
         else:
             gray.add_(plane, alpha=weight)  # imlincomb's order: R, then G, then B
+    assert gray is not None  # weights is never empty, so the loop above set it
     if quantize:
         gray.add_(0.5).floor_().clamp_(0.0, 255.0)  # rgb2gray on uint8 returns uint8
     return gray

@@ -1,13 +1,11 @@
-"""The TextMEF fusion network (DESIGN.md sections 2-3)."""
+"""The TextMEF fusion network (docs/design.md §2-3)."""
 
 from __future__ import annotations
-
-import dataclasses
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from textmef.models.config import FusionNetConfig
 from textmef.nn.blocks import (
     AttentionMamba,
     CGAFusion,
@@ -20,53 +18,6 @@ from textmef.nn.blocks import (
 )
 from textmef.nn.mamba import Mamba
 from textmef.ssm import BACKENDS
-
-
-@dataclass(frozen=True)
-class FusionNetConfig:
-    """Architecture of a :class:`FusionNet`.
-
-    Attributes:
-        width: Base channel width C (64 in the paper).
-        d_state: SSM state size N of every Mamba block.
-        expand: Mamba expansion (d_inner = expand * C).
-        attention_mamba: Keep the attention Mamba blocks (ablation "w/o A" when False).
-        mutual_swap: Keep the two mutual-guided swap blocks ("w/o M" when False).
-        deep_fuse: Keep the deep-fuse Mamba blocks and the CGA fusion ("w/o D" when False:
-            the two streams are then added).
-    """
-
-    width: int = 64
-    d_state: int = 16
-    expand: int = 2
-    attention_mamba: bool = True
-    mutual_swap: bool = True
-    deep_fuse: bool = True
-
-    def __post_init__(self) -> None:
-        if self.width < 2 or self.width % 2:
-            raise ValueError(f"width must be an even number >= 2, got {self.width}")
-        if self.d_state < 1 or self.expand < 1:
-            raise ValueError("d_state and expand must be positive")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> FusionNetConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown FusionNetConfig fields: {sorted(unknown)}")
-        return cls(**data)
-
-
-CONFIGS: dict[str, FusionNetConfig] = {
-    "textmef": FusionNetConfig(),
-    "textmef-tiny": FusionNetConfig(width=16, d_state=4),
-    # The packaged checkpoint's size: what a 2-core CPU can train in an hour (MODEL_CARD.md).
-    "textmef-c16": FusionNetConfig(width=16, d_state=4),
-}
 
 
 class FusionNet(nn.Module):

@@ -55,6 +55,13 @@ from werkzeug.exceptions import HTTPException
 from textmef import __version__, io
 from textmef.errors import InputError
 from textmef.stack import DEFAULT_STRATEGY, STRATEGIES, fuse_stack
+from textmef.web.limits import (
+    DEFAULT_MAX_FILES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_RESULTS,
+    DEFAULT_MAX_UPLOAD_MB,
+    PREVIEW_SIDE,
+)
 
 __all__ = [
     "DEFAULT_MAX_FILES",
@@ -69,11 +76,6 @@ __all__ = [
 
 log = logging.getLogger("textmef")
 
-DEFAULT_MAX_UPLOAD_MB = 200
-DEFAULT_MAX_PIXELS = 40_000_000
-DEFAULT_MAX_FILES = 9
-DEFAULT_MAX_RESULTS = 4
-PREVIEW_SIDE = 1600
 DOWNLOAD_NAME = "fused.png"
 
 STRATEGY_HELP = {

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from textmef.cli import _positive
+from textmef.argtypes import positive_float, positive_int
 from textmef.errors import InputError, TextmefError
 
 __all__ = [
@@ -37,13 +37,6 @@ _MB = 1024 * 1024
 # Bodies a little over the app's limit still reach Flask, which answers with a JSON
 # message; far larger ones are refused by waitress before it buffers them.
 _BODY_SLACK = _MB
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def _file_count(text: str) -> int:
@@ -69,7 +62,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     Returns:
         The ``serve`` parser; its ``run`` default is :func:`_cmd_serve`.
     """
-    from textmef.web.app import DEFAULT_MAX_FILES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
+    from textmef.web.limits import DEFAULT_MAX_FILES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
 
     p = subparsers.add_parser(
         "serve",
@@ -96,17 +89,19 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         "--weights", type=Path, help="a .safetensors checkpoint (default: the packaged one)"
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=_positive, help="CPU threads per fusion (default: all cores)")
+    p.add_argument(
+        "--threads", type=positive_int, help="CPU threads per fusion (default: all cores)"
+    )
     p.add_argument(
         "--max-upload-mb",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_MAX_UPLOAD_MB,
         metavar="MB",
         help=f"largest upload, all files together (default {DEFAULT_MAX_UPLOAD_MB})",
     )
     p.add_argument(
         "--max-pixels",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_MAX_PIXELS,
         metavar="N",
         help=f"most pixels per image (default {DEFAULT_MAX_PIXELS:_})",
@@ -282,10 +277,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         import waitress  # noqa: F401
     except ImportError as exc:
         raise TextmefError(
-            f"textmef serve needs Flask and waitress ({exc}); install them "
-            "with: pip install 'textmef[web]'"
+            f"textmef serve needs Flask and waitress, and {exc.name or 'one of them'} is not "
+            "installed; install the web extra: pip install 'textmef[web]'"
         ) from None
-    from textmef.api import load_model, resolve_device, set_threads
+    from textmef.api import load_model
+    from textmef.runtime import resolve_device, set_threads
     from textmef.web.app import create_app
 
     if args.threads:

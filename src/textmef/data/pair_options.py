@@ -1,0 +1,57 @@
+"""Options of ``textmef make-pairs`` (no heavy imports: the command line reads the defaults)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from textmef.errors import InputError
+
+__all__ = ["MANIFEST_NAME", "PICK_MODES", "REFERENCE_METHODS", "PairOptions"]
+
+PICK_MODES = ("extremes", "ev-gap")
+REFERENCE_METHODS = ("mertens", "hdr", "best")
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class PairOptions:
+    """How ``make_pairs`` turns stacks into triplets.
+
+    Attributes:
+        pick: ``"extremes"`` (darkest and brightest frame) or ``"ev-gap"``.
+        ev_gap: for ``pick="ev-gap"``, the wanted exposure gap between the pair in stops.
+        reference: ``"mertens"``, ``"hdr"`` or ``"best"`` (higher MEF-SSIM of the two).
+        max_side: downsize (INTER_AREA) so that no side exceeds this, before anything
+            else; None keeps the size.
+        skip_existing: keep a stack's outputs and manifest entry when all three files and
+            the entry of a previous run exist.
+        align: register every frame to the middle exposure (:func:`textmef.align.
+            align_frames`) and crop all to the common area before anything else.
+    """
+
+    pick: str = "extremes"
+    ev_gap: float = 2.0
+    reference: str = "best"
+    max_side: int | None = None
+    skip_existing: bool = False
+    align: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pick not in PICK_MODES:
+            raise InputError(None, f"pick must be one of {PICK_MODES}, not {self.pick!r}")
+        if self.reference not in REFERENCE_METHODS:
+            raise InputError(
+                None, f"reference must be one of {REFERENCE_METHODS}, not {self.reference!r}"
+            )
+        if not (math.isfinite(self.ev_gap) and self.ev_gap > 0):
+            raise InputError(
+                None, f"the EV gap must be a positive number of stops, not {self.ev_gap}"
+            )
+        if self.max_side is not None:
+            from textmef.io import MIN_SIDE
+
+            if self.max_side < MIN_SIDE:
+                raise InputError(
+                    None, f"max side must be at least {MIN_SIDE} pixels, not {self.max_side}"
+                )
