@@ -264,7 +264,6 @@ def test_best_keeps_the_higher_scoring_candidate(tmp_path, monkeypatch, brighter
 
 
 def test_best_with_the_real_mef_ssim(tmp_path):
-    pytest.importorskip("textmef.metrics.mef_ssim", reason="MEF-SSIM is not in this build")
     frames, ordering = stacks.order_by_exposure(
         stacks.load_stack(write_stack(tmp_path / "s", THREE))
     )
@@ -364,13 +363,7 @@ def test_real_sequences(tmp_path):
         link = root / sequence
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(BRACKETS / sequence, target_is_directory=True)
-    try:
-        import textmef.metrics.mef_ssim  # noqa: F401
-
-        scorer = None
-    except ImportError:
-        scorer = mean_scorer
-    manifest = make_pairs(root, tmp_path / "data", PairOptions(max_side=256), scorer=scorer)
+    manifest = make_pairs(root, tmp_path / "data", PairOptions(max_side=256))
     assert [s["source"] for s in manifest["stacks"]] == sorted(REAL_SEQUENCES)
     assert manifest["skipped"] == []
     villa = next(s for s in manifest["stacks"] if s["source"] == "misc/villa")

@@ -234,7 +234,6 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
 
 
 def test_validation_scores_the_network_and_mertens(data_root, tmp_path):
-    pytest.importorskip("textmef.metrics")
     config = tiny_config(data_root, tmp_path / "run", steps=2)
     config = replace(
         config, data=replace(config.data, val_fraction=0.4), run=replace(config.run, val_every=1)

@@ -50,7 +50,7 @@ def load_model(
                 "(textmef/weights/textmef.safetensors); reinstall textmef or pass "
                 "weights (--weights PATH) to a .safetensors file",
             )
-    model, _ = load_checkpoint(weights, strict=strict)
+    model, _ = load_checkpoint(os.fspath(weights), strict=strict)
     return model.to(resolve_device(device))
 
 

@@ -76,7 +76,7 @@ def save_checkpoint(
 
 def packaged_weights_path() -> Path | None:
     """The checkpoint shipped inside the package (None in a build without it)."""
-    candidate = resources.files("textmef").joinpath("weights", PACKAGED_WEIGHTS)
+    candidate = resources.files("textmef").joinpath("weights").joinpath(PACKAGED_WEIGHTS)
     return Path(str(candidate)) if candidate.is_file() else None
 
 

@@ -18,7 +18,10 @@ def set_threads(threads: int) -> None:
         import numba
     except ImportError:
         return
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    # numba.config fills its settings in through globals() at import time, so mypy cannot
+    # see NUMBA_NUM_THREADS (the number of threads numba launched, the most it accepts).
+    max_threads: int = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+    numba.set_num_threads(min(threads, max_threads))
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -70,6 +70,10 @@ class PromptLearner(nn.Module):
         texts: The handcrafted texts (``fixed`` mode), else empty.
     """
 
+    # A buffer (``fixed`` mode) or a parameter (learnable modes); a buffer too.
+    embeddings: torch.Tensor
+    eot_index: torch.Tensor
+
     def __init__(
         self,
         embeddings: torch.Tensor,

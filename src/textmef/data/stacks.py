@@ -34,6 +34,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -365,11 +366,12 @@ def pseudo_reference(
                 raise
             log.warning("HDR merge failed, keeping Mertens: %s", exc.err)
             scores["hdr"] = None
+    ranked: dict[str, float] = {}
     for name, image in candidates.items():
         candidates[name] = (np.rint(image * levels) / levels).astype(np.float32)
-        scores[name] = float(score(stack, candidates[name]))
+        scores[name] = ranked[name] = float(score(stack, candidates[name]))
     # Mertens comes first, so max() keeps it on a tie.
-    chosen = max(candidates, key=lambda name: scores[name])
+    chosen = max(candidates, key=lambda name: ranked[name])
     return Reference(image=candidates[chosen], method=chosen, scores=scores)
 
 
@@ -431,7 +433,7 @@ def make_pairs(
         (out / kind).mkdir(parents=True, exist_ok=True)
     previous = _previous_entries(out / MANIFEST_NAME) if options.skip_existing else {}
 
-    manifest = {
+    manifest: dict[str, Any] = {
         "textmef_version": __version__,
         "stacks_dir": str(root.resolve()),
         # skip_existing changes no output, and leaving it out makes a resumed run's

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -52,6 +53,7 @@ def find_triplets(root: str | Path, require_gt: bool = True) -> list[Triplet]:
     if not root.is_dir():
         raise InputError(root, "no such data folder")
     needed = 3 if require_gt else 2
+    layout: tuple[str, ...]
     for layout in LAYOUTS:
         if all((root / name).is_dir() for name in layout[:needed]):
             break
@@ -70,10 +72,20 @@ def find_triplets(root: str | Path, require_gt: bool = True) -> list[Triplet]:
     ]
 
 
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+_NamedT = TypeVar("_NamedT", bound=_Named)
+
+
 def split_by_sequence(
-    triplets: Sequence[Triplet], val_fraction: float
-) -> tuple[list[Triplet], list[Triplet]]:
+    triplets: Sequence[_NamedT], val_fraction: float
+) -> tuple[list[_NamedT], list[_NamedT]]:
     """A fixed (train, validation) split by sequence name.
+
+    Takes anything with a ``name`` (triplets, the benchmark's scenes) and keeps its type.
 
     Each name goes to validation when the hash of the name falls below ``val_fraction``, so
     the split never depends on the order of files or on sequences added later, and a
@@ -81,7 +93,8 @@ def split_by_sequence(
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    train, val = [], []
+    train: list[_NamedT] = []
+    val: list[_NamedT] = []
     for t in triplets:
         digest = int(hashlib.sha256(t.name.encode()).hexdigest()[:8], 16)
         (val if digest / 0xFFFFFFFF < val_fraction else train).append(t)
@@ -92,6 +105,8 @@ def split_by_sequence(
 
 def load_triplet(triplet: Triplet, max_side: int | None = None) -> tuple[np.ndarray, ...]:
     """(under, over, gt) as float32 HxWx3 arrays in [0, 1], optionally downsized."""
+    if triplet.gt is None:
+        raise InputError(triplet.under, f"sequence {triplet.name!r} has no reference (gt) image")
     images = [io.read_image(p) for p in (triplet.under, triplet.over, triplet.gt)]
     shapes = {im.pixels.shape for im in images}
     if len(shapes) != 1:
@@ -144,7 +159,8 @@ class TripletCrops(torch.utils.data.Dataset):
         self.augment = augment
         self.seed = seed
         self.max_side = max_side
-        self._images: list[torch.Tensor] | None = None
+        # Per sequence: the (9, H, W) uint16 stack and its quantisation levels (255 or 65535).
+        self._images: list[tuple[torch.Tensor, int]] | None = None
 
     def load(self) -> TripletCrops:
         """Read every image into memory (separate from construction: no I/O there).
@@ -153,7 +169,7 @@ class TripletCrops(torch.utils.data.Dataset):
         per crop: half the memory of float32 copies, which for a few hundred megapixel-sized
         sequences is gigabytes.
         """
-        images = []
+        images: list[tuple[torch.Tensor, int]] = []
         for t in self.triplets:
             arrays = load_triplet(t, self.max_side)
             stacked = np.concatenate(arrays, axis=2)
@@ -174,6 +190,7 @@ class TripletCrops(torch.utils.data.Dataset):
     def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._images is None:
             self.load()
+        assert self._images is not None
         stack, levels = self._images[self.sequence_at(position)]
         g = torch.Generator().manual_seed(self.seed * 7_919 + position * 104_729 + 1)
         stack = _pad_to(stack, self.crop)

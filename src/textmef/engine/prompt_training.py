@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,7 +185,7 @@ def _format_accuracy(acc: dict[str, float | None]) -> str:
 def train_prompts(
     clip: CLIP,
     fingerprint: str,
-    folders: dict[str, Sequence[Path]],
+    folders: Mapping[str, Sequence[Path]],
     config: PromptTrainingConfig,
     output: Path,
     run_dir: Path,
@@ -265,6 +265,7 @@ def train_prompts(
         total=config.epochs if optimizer is not None else 0,
     )
     for epoch in bar:
+        assert optimizer is not None  # without one (fixed prompts) the epoch range is empty
         order, view = _balanced_order(train_exp, epoch, config.seed, views)
         losses = []
         learner.train()
@@ -279,13 +280,12 @@ def train_prompts(
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        entry = {
-            "epoch": epoch + 1,
-            "loss": sum(losses) / len(losses),
-            "train": class_accuracy(learner, clip, train_set),
-            "held_out": class_accuracy(learner, clip, held_set),
-        }
-        result.history.append(entry)
+        mean_loss = sum(losses) / len(losses)
+        train_acc = class_accuracy(learner, clip, train_set)
+        held_acc = class_accuracy(learner, clip, held_set)
+        result.history.append(
+            {"epoch": epoch + 1, "loss": mean_loss, "train": train_acc, "held_out": held_acc}
+        )
         _save_state(
             run_dir / STATE_FILE,
             learner,
@@ -297,25 +297,21 @@ def train_prompts(
             result.history,
         )
         line = (
-            f"epoch {epoch + 1}/{config.epochs}  loss {entry['loss']:.4f}  "
-            f"train [{_format_accuracy(entry['train'])}]  "
-            f"held-out [{_format_accuracy(entry['held_out'])}]"
+            f"epoch {epoch + 1}/{config.epochs}  loss {mean_loss:.4f}  "
+            f"train [{_format_accuracy(train_acc)}]  "
+            f"held-out [{_format_accuracy(held_acc)}]"
         )
-        bar.set_postfix(loss=f"{entry['loss']:.4f}")
+        bar.set_postfix(loss=f"{mean_loss:.4f}")
         report(line)
     bar.close()
 
     if optimizer is None or not result.history:
-        entry = {
-            "epoch": 0,
-            "loss": None,
-            "train": class_accuracy(learner, clip, train_set),
-            "held_out": class_accuracy(learner, clip, held_set),
-        }
-        result.history.append(entry)
+        train_acc = class_accuracy(learner, clip, train_set)
+        held_acc = class_accuracy(learner, clip, held_set)
+        result.history.append({"epoch": 0, "loss": None, "train": train_acc, "held_out": held_acc})
         report(
-            f"{config.mode} prompts: train [{_format_accuracy(entry['train'])}]  "
-            f"held-out [{_format_accuracy(entry['held_out'])}]"
+            f"{config.mode} prompts: train [{_format_accuracy(train_acc)}]  "
+            f"held-out [{_format_accuracy(held_acc)}]"
         )
     result.seconds = time.perf_counter() - started
     final = result.history[-1]
@@ -346,7 +342,7 @@ def _save_state(
     history: list[dict],
 ) -> None:
     state = optimizer.state.get(learner.embeddings, {})
-    tensors = {"embeddings": learner.embeddings}
+    tensors: dict[str, torch.Tensor] = {"embeddings": learner.embeddings}
     step = 0
     if state:
         tensors["adam.exp_avg"] = state["exp_avg"]

@@ -113,10 +113,11 @@ def init_distributed(device: str) -> Distributed:
 def build_model_config(config: TrainConfig) -> FusionNetConfig:
     """The registered architecture ``model.name`` with the config's width/d_state overrides."""
     base = model_config(config.model.name)
-    changes = {
-        k: v for k, v in (("width", config.model.width), ("d_state", config.model.d_state)) if v
-    }
-    return dataclasses.replace(base, **changes)
+    return dataclasses.replace(
+        base,
+        width=config.model.width or base.width,
+        d_state=config.model.d_state or base.d_state,
+    )
 
 
 def _seed_everything(seed: int) -> None:
@@ -126,7 +127,9 @@ def _seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = np.random.get_state(legacy=True)
+    assert isinstance(numpy_state, tuple)  # the global generator is always a legacy MT19937
+    kind, keys, pos, has_gauss, cached = numpy_state
     return {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
@@ -298,7 +301,8 @@ def train(
     model_config = build_model_config(config)
     # channels_last like the activations: conv weight gradients then come out in the layout
     # DDP's buckets expect (otherwise it warns and copies on every step).
-    model = FusionNet(model_config).to(device, memory_format=torch.channels_last)
+    # Module.to accepts memory_format (documented), but torch's type stubs leave it out.
+    model = FusionNet(model_config).to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = torch.optim.Adam(
         model.parameters(),
         lr=config.optim.lr,
@@ -310,7 +314,8 @@ def train(
     clip_loss = _clip_loss(config, device, report)
     weight = config.loss.clip_weight if clip_loss is not None else 0.0
 
-    start_step, best = 0, {"psnr": None, "step": None}
+    start_step = 0
+    best: dict[str, float | int | None] = {"psnr": None, "step": None}
     history: list[dict] = []
     elapsed_before = 0.0
     if resume and state_path.exists():
@@ -395,7 +400,7 @@ def train(
         bar.set_postfix(loss=f"{window[-1]['loss']:.4f}")
         if step % config.run.log_every == 0 or step == stop:
             now = time.perf_counter()
-            row = {
+            row: dict[str, object] = {
                 "step": step,
                 "kind": "train",
                 **{k: float(np.mean([w[k] for w in window])) for k in window[0]},
@@ -422,6 +427,7 @@ def train(
                 "mertens_ssim": validation.mertens_ssim,
             }
             history.append(row)
+            assert writer is not None  # validation runs on the main process, which logs
             writer.write(row)
             if tensorboard:
                 tensorboard.add_scalar("val/psnr", psnr_value, step)

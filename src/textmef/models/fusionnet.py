@@ -36,6 +36,10 @@ class FusionNet(nn.Module):
         self.swap_blocks = nn.ModuleList(
             [MutualGuidedBlock(c, n, e) for _ in range(2)] if config.mutual_swap else []
         )
+        # None when the deep_fuse ablation switch is off (tokens are then summed).
+        self.under_deep_fuse: DeepFuseBlock | None
+        self.over_deep_fuse: DeepFuseBlock | None
+        self.fusion: CGAFusion | None
         if config.deep_fuse:
             self.under_deep_fuse = DeepFuseBlock(c, n, e)
             self.over_deep_fuse = DeepFuseBlock(c, n, e)
@@ -68,6 +72,7 @@ class FusionNet(nn.Module):
         for block in self.swap_blocks:
             tok_u, tok_o, res_u, res_o = block(tok_u, tok_o, res_u, res_o)
         if self.fusion is not None:
+            assert self.under_deep_fuse is not None and self.over_deep_fuse is not None
             fused = self.fusion(
                 self.under_deep_fuse(tok_u, res_u, height, width),
                 self.over_deep_fuse(tok_o, res_o, height, width),

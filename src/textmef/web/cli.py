@@ -140,7 +140,8 @@ class Server:
         max_request_bytes: int,
         threads: int = SERVER_THREADS,
     ) -> None:
-        from waitress import create_server
+        # types-waitress lacks create_server, which waitress itself exports (waitress.server).
+        from waitress import create_server  # type: ignore[attr-defined]
 
         # Our own socket map, so that stop() can close every connection, not just the
         # listening socket (an idle keep-alive connection would keep the loop running).
