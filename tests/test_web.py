@@ -130,7 +130,7 @@ def test_page_and_its_assets_are_served(client):
     html = page.get_data(as_text=True)
     for needle in (
         'type="file"',
-        'id="strategy"',
+        'id="method"',
         'id="align"',
         'id="fuse"',
         'id="compare"',
@@ -150,12 +150,19 @@ def test_page_and_its_assets_are_served(client):
 
 
 @pytest.mark.parametrize(
-    ("count", "strategy"), [(2, "extremes"), (3, "extremes"), (3, "progressive")]
+    ("count", "form", "method", "strategy"),
+    [
+        (2, {}, "textmef", "extremes"),
+        (3, {"method": "textmef"}, "textmef", "extremes"),
+        (3, {"method": "textmef-progressive"}, "textmef-progressive", "progressive"),
+        (3, {"strategy": "progressive"}, "textmef-progressive", "progressive"),  # older form
+        (3, {"method": "mertens"}, "mertens", None),
+    ],
 )
-def test_fusing_returns_a_png_of_the_inputs_size(client, tmp_path, count, strategy):
+def test_fusing_returns_a_png_of_the_inputs_size(client, tmp_path, count, form, method, strategy):
     paths = write_stack(tmp_path / "in", count)
     shuffled = paths[1:] + paths[:1]  # upload order is not exposure order
-    response = post(client, shuffled, strategy=strategy)
+    response = post(client, shuffled, **form)
     assert response.status_code == 200, response.get_json()
     meta = response.get_json()
     assert (meta["width"], meta["height"], meta["bit_depth"]) == (96, 64, 8)
@@ -163,10 +170,11 @@ def test_fusing_returns_a_png_of_the_inputs_size(client, tmp_path, count, strate
     assert names == [p.name for p in shuffled]
     assert [names[i] for i in meta["order"]] == [p.name for p in paths]
     expected_used = (
-        meta["order"] if strategy == "progressive" else [meta["order"][0], meta["order"][-1]]
+        [meta["order"][0], meta["order"][-1]] if strategy == "extremes" else meta["order"]
     )
     assert meta["used"] == expected_used and meta["motions"] is None
-    assert meta["strategy"] == strategy and meta["filename"] == "fused.png"
+    assert meta["method"] == method and meta["strategy"] == strategy
+    assert meta["filename"] == "fused.png"
 
     download = client.get(meta["download_url"])
     assert download.status_code == 200 and download.mimetype == "image/png"
@@ -275,15 +283,20 @@ def test_bad_options_are_refused(client, tmp_path):
     )
     response = post(client, paths, align="maybe")
     assert response.status_code == 400 and "align must be 1 or 0" in response.get_json()["error"]
-
-
-def test_align_without_the_module_is_a_clear_error(client, tmp_path, monkeypatch):
-    monkeypatch.setattr("textmef.web.app.align_available", lambda: False)
-    response = post(client, write_stack(tmp_path, 2), align="1")
+    response = post(client, paths, method="magic")
     assert response.status_code == 400
-    assert "alignment is not available" in response.get_json()["error"]
+    assert "unknown method 'magic'; known: textmef," in response.get_json()["error"]
+
+
+def test_the_page_offers_every_registered_method(client, monkeypatch):
+    from textmef.methods import list_methods
+
+    monkeypatch.setattr("textmef.baselines.enfuse.enfuse_available", lambda *a, **k: False)
     page = client.get("/").get_data(as_text=True)
-    assert "disabled" in align_checkbox(page) and "Alignment is not installed" in page
+    for name in list_methods():
+        assert f'<option value="{name}"' in page
+    enfuse = page[page.index('<option value="enfuse"') :]
+    assert enfuse.index("disabled") < enfuse.index("</option>")
 
 
 def align_checkbox(html: str) -> str:

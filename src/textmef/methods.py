@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from textmef.errors import InputError
 from textmef.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
@@ -57,6 +57,8 @@ class MethodOptions:
         tile: tile side for the network, 0 = whole image (see :mod:`textmef.tiling`).
         overlap: tile overlap in pixels.
         strategy: how ``textmef`` fuses stacks of 3+ frames (None: the package default).
+        model: an already loaded network to use instead of loading ``weights`` (a server
+            that keeps one model for every request).
     """
 
     weights: str | os.PathLike[str] | None = None
@@ -64,6 +66,7 @@ class MethodOptions:
     tile: int = DEFAULT_TILE
     overlap: int = DEFAULT_OVERLAP
     strategy: str | None = None
+    model: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ class FusionMethod:
         describe: one line saying exactly what ran, for reports.
         unavailable: why the method cannot run here, or None when it can.
         uses_network: whether ``weights``, ``device`` and tiling apply.
+        strategy: for network methods, the stack strategy it always uses (None: the one
+            the options name, else the package default).
     """
 
     name: str
@@ -85,6 +90,19 @@ class FusionMethod:
     describe: Callable[[MethodOptions], str]
     unavailable: Callable[[], str | None] = lambda: None
     uses_network: bool = False
+    strategy: str | None = None
+
+    def stack_strategy(self, options: MethodOptions) -> str | None:
+        """How this method fuses a stack: a strategy for the network, None for the others
+        (they fuse every frame natively)."""
+        return _strategy(self.strategy, options) if self.uses_network else None
+
+    def frames_used(self, options: MethodOptions, count: int) -> list[int]:
+        """Positions (darkest first) of the frames a stack of ``count`` contributes."""
+        from textmef.stack import strategy_ranks
+
+        strategy = self.stack_strategy(options)
+        return strategy_ranks(strategy, count) if strategy else list(range(count))
 
 
 _METHODS: dict[str, FusionMethod] = {}
@@ -158,7 +176,11 @@ def _network(fixed_strategy: str | None) -> Callable[[MethodOptions], FrameFusio
         from textmef.api import load_model
         from textmef.stack import fuse_frames, network_pair_fusion
 
-        model = load_model(options.weights, options.device)
+        model = (
+            options.model
+            if options.model is not None
+            else load_model(options.weights, options.device)
+        )
         pair = network_pair_fusion(model, tile=options.tile, overlap=options.overlap)
         strategy = _strategy(fixed_strategy, options)
         return lambda frames: fuse_frames(frames, pair, strategy)
@@ -227,9 +249,9 @@ def _enfuse_missing() -> str | None:
 
 
 for _name, _fixed, _summary in (
-    ("textmef", None, "the TextMEF network (stacks: the default strategy)"),
-    ("textmef-extremes", "extremes", "the network on the darkest and brightest frame"),
-    ("textmef-progressive", "progressive", "the network, darkest two first, then each brighter"),
+    ("textmef", None, "the TextMEF network"),
+    ("textmef-extremes", "extremes", "network, darkest + brightest"),
+    ("textmef-progressive", "progressive", "network, every frame in turn"),
 ):
     register_method(
         FusionMethod(
@@ -238,12 +260,13 @@ for _name, _fixed, _summary in (
             build=_network(_fixed),
             describe=_describe_network(_fixed),
             uses_network=True,
+            strategy=_fixed,
         )
     )
 register_method(
     FusionMethod(
         name="mertens",
-        summary="Mertens exposure fusion (OpenCV), every frame",
+        summary="Mertens exposure fusion",
         build=_numpy_frames("mertens"),
         describe=_describe_mertens,
     )
@@ -251,7 +274,7 @@ register_method(
 register_method(
     FusionMethod(
         name="enfuse",
-        summary="enfuse (enblend-enfuse), every frame",
+        summary="enfuse (enblend-enfuse)",
         build=_numpy_frames("enfuse_frames"),
         describe=_describe_enfuse,
         unavailable=_enfuse_missing,
@@ -260,7 +283,7 @@ register_method(
 register_method(
     FusionMethod(
         name="mean",
-        summary="per-pixel mean of the frames",
+        summary="mean of the frames",
         build=_build_mean,
         describe=lambda options: "per-pixel mean of the exposures",
     )

@@ -12,7 +12,7 @@ by one of two strategies:
   network was trained on.
 
 For two frames both are the same single pass. Which strategy is the default was decided by
-``textmef bench --stacks`` on the held-out brackets (see the README, "Stacks").
+``textmef bench --stacks`` on the held-out brackets (docs/evaluation.md, "Stacks benchmark").
 """
 
 from __future__ import annotations
@@ -39,11 +39,15 @@ __all__ = [
     "DEFAULT_STRATEGY",
     "MISALIGNED_PX",
     "STRATEGIES",
+    "PreparedStack",
     "StackFusion",
     "fuse_frames",
     "fuse_stack",
     "load_frames",
+    "network_pair_fusion",
     "order_frames",
+    "prepare_stack",
+    "strategy_ranks",
 ]
 
 STRATEGIES = ("progressive", "extremes")
@@ -137,7 +141,7 @@ def fuse_frames(
         )
     if len(frames) < 2:
         raise InputError(None, f"fusion needs at least 2 frames, got {len(frames)}")
-    chain = [frames[0], frames[-1]] if strategy == "extremes" else list(frames)
+    chain = [frames[r] for r in strategy_ranks(strategy, len(frames))]
     fused = chain[0]
     for step, brighter in enumerate(chain[1:], start=1):
         fused = fuse(fused, brighter).clamp(0.0, 1.0)
@@ -172,40 +176,57 @@ def network_pair_fusion(
     return pair
 
 
-def fuse_stack(
-    paths: Sequence[str | os.PathLike[str]],
-    model: nn.Module,
-    *,
-    strategy: str = DEFAULT_STRATEGY,
-    align: bool = False,
-    tile: int = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
-    device: str | torch.device | None = None,
-    threads: int | None = None,
-    on_step: Callable[[int, int], None] | None = None,
-) -> StackFusion:
-    """Read, order, optionally align, and fuse a stack of N >= 2 exposures.
+@dataclass(frozen=True, eq=False)
+class PreparedStack:
+    """A stack read, sorted darkest first and (optionally) registered, ready to fuse.
+
+    Attributes:
+        tensors: (1, 3, H, W) float tensors in [0, 1], darkest first (cropped when aligned).
+        order: indices of the input frames from darkest to brightest.
+        ordering: ``"exif"`` or ``"luminance"``.
+        bit_depth: the deepest input's bit depth (8 or 16).
+        motions: one line per input frame describing its estimated motion, when aligned.
+        misalignment_px: when not aligned, the estimated shift between the darkest and the
+            brightest frame in pixels.
+    """
+
+    tensors: list[torch.Tensor]
+    order: list[int]
+    ordering: str
+    bit_depth: int
+    motions: list[str] | None
+    misalignment_px: float | None
+
+    def result(self, fused: torch.Tensor, used_ranks: Sequence[int]) -> StackFusion:
+        """The :class:`StackFusion` of ``fused``, made from the frames at ``used_ranks``
+        (positions in the darkest-first order)."""
+        from textmef import io
+
+        return StackFusion(
+            image=io.from_tensor(fused),
+            order=self.order,
+            ordering=self.ordering,
+            used=[self.order[r] for r in used_ranks],
+            bit_depth=self.bit_depth,
+            motions=self.motions,
+            misalignment_px=self.misalignment_px,
+        )
+
+
+def prepare_stack(paths: Sequence[str | os.PathLike[str]], *, align: bool = False) -> PreparedStack:
+    """Read, order and optionally align a stack of N >= 2 exposures.
 
     Args:
         paths: the image files, in any order.
-        model: the fusion network (see :func:`textmef.api.load_model`).
-        strategy: ``progressive`` or ``extremes``.
-        align: register the frames first and crop to their common area: a pair to the
-            darker frame, a longer stack to its middle exposure (which shares the most
-            unclipped detail with both ends).
-        tile: tile side for the network (0: whole image), as in :func:`textmef.api.fuse`.
-        overlap: tile overlap.
-        device: where the network runs (None: where the model is).
-        threads: CPU threads (None: leave as set).
-        on_step: progress callback ``on_step(done, total)`` per network pass.
+        align: register the frames and crop to their common area: a pair to the darker
+            frame, a longer stack to its middle exposure (which shares the most unclipped
+            detail with both ends). Without it the shift between the extremes is estimated.
 
     Raises:
-        InputError: unreadable or mismatched files, unknown strategy, alignment failure.
+        InputError: unreadable or mismatched files, alignment failure.
     """
     from textmef import io
-    from textmef.tiling import check_tiling
 
-    check_tiling(tile, overlap)
     frames = load_frames(paths)
     order, ordering = order_frames(frames)
     pixels = [frames[i].pixels for i in order]
@@ -223,15 +244,57 @@ def fuse_stack(
         motions = [""] * len(frames)
         for rank, i in enumerate(order):
             motions[i] = by_sorted[rank]
-    pair = network_pair_fusion(model, tile=tile, overlap=overlap, device=device, threads=threads)
-    fused = fuse_frames([io.to_tensor(p) for p in pixels], pair, strategy, on_step)
-    used = [order[0], order[-1]] if strategy == "extremes" else list(order)
-    return StackFusion(
-        image=io.from_tensor(fused),
+    return PreparedStack(
+        tensors=[io.to_tensor(p) for p in pixels],
         order=order,
         ordering=ordering,
-        used=used,
         bit_depth=max(f.bit_depth for f in frames),
         motions=motions,
         misalignment_px=misalignment,
     )
+
+
+def strategy_ranks(strategy: str, count: int) -> list[int]:
+    """Positions (darkest first) of the frames that ``strategy`` fuses in a stack of ``count``."""
+    return [0, count - 1] if strategy == "extremes" else list(range(count))
+
+
+def fuse_stack(
+    paths: Sequence[str | os.PathLike[str]],
+    model: nn.Module,
+    *,
+    strategy: str = DEFAULT_STRATEGY,
+    align: bool = False,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    device: str | torch.device | None = None,
+    threads: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> StackFusion:
+    """Read, order, optionally align, and fuse a stack of N >= 2 exposures with the network.
+
+    Args:
+        paths: the image files, in any order.
+        model: the fusion network (see :func:`textmef.api.load_model`).
+        strategy: ``progressive`` or ``extremes``.
+        align: register the frames first (see :func:`prepare_stack`).
+        tile: tile side for the network (0: whole image), as in :func:`textmef.api.fuse`.
+        overlap: tile overlap.
+        device: where the network runs (None: where the model is).
+        threads: CPU threads (None: leave as set).
+        on_step: progress callback ``on_step(done, total)`` per network pass.
+
+    Raises:
+        InputError: unreadable or mismatched files, unknown strategy, alignment failure.
+    """
+    from textmef.tiling import check_tiling
+
+    check_tiling(tile, overlap)
+    if strategy not in STRATEGIES:
+        raise InputError(
+            None, f"unknown stack strategy {strategy!r}; use one of {', '.join(STRATEGIES)}"
+        )
+    prepared = prepare_stack(paths, align=align)
+    pair = network_pair_fusion(model, tile=tile, overlap=overlap, device=device, threads=threads)
+    fused = fuse_frames(prepared.tensors, pair, strategy, on_step)
+    return prepared.result(fused, strategy_ranks(strategy, len(prepared.tensors)))

@@ -4,8 +4,10 @@ Endpoints:
 
 * ``GET /``: the page.
 * ``POST /api/fuse``: multipart form with ``files`` (2 to ``max_files`` images of one
-  scene), ``strategy`` (one of :data:`textmef.stack.STRATEGIES`) and ``align`` (``1``/``0``).
-  Answers the JSON described in :func:`create_app`.
+  scene), ``method`` (a name from the fusion-method registry, :mod:`textmef.methods`;
+  default ``textmef``; ``strategy=extremes|progressive`` is accepted for
+  ``textmef-<strategy>``) and ``align`` (``1``/``0``). Answers the JSON described in
+  :func:`create_app`.
 * ``GET /api/result/<id>``: that JSON again.
 * ``GET /api/result/<id>/fused.png``: the fused image as an attachment named
   ``fused.png``, 16-bit when any input is 16-bit, else 8-bit.
@@ -28,7 +30,6 @@ folder is gone when the response is sent. Results live in memory, the last
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import re
@@ -54,7 +55,15 @@ from werkzeug.exceptions import HTTPException
 
 from textmef import __version__, io
 from textmef.errors import InputError
-from textmef.stack import DEFAULT_STRATEGY, STRATEGIES, fuse_stack
+from textmef.methods import (
+    MethodOptions,
+    MethodUnavailableError,
+    build_method,
+    get_method,
+    list_methods,
+    unavailable_reason,
+)
+from textmef.stack import STRATEGIES, prepare_stack
 from textmef.web.limits import (
     DEFAULT_MAX_FILES,
     DEFAULT_MAX_PIXELS,
@@ -70,7 +79,6 @@ __all__ = [
     "DEFAULT_MAX_UPLOAD_MB",
     "PREVIEW_SIDE",
     "ResultStore",
-    "align_available",
     "create_app",
 ]
 
@@ -78,10 +86,7 @@ log = logging.getLogger("textmef")
 
 DOWNLOAD_NAME = "fused.png"
 
-STRATEGY_HELP = {
-    "extremes": "darkest + brightest",
-    "progressive": "every frame in turn",
-}
+DEFAULT_METHOD = "textmef"
 
 _MB = 1024 * 1024
 _SPOOL_BYTES = 500 * 1024  # werkzeug's own threshold for keeping a file part in memory
@@ -156,14 +161,6 @@ class _Upload:
     size: tuple[int, int] | None  # (width, height) from the header, None if Pillow can't tell
 
 
-def align_available() -> bool:
-    """Whether frame alignment (:mod:`textmef.align`) is installed."""
-    try:
-        return importlib.util.find_spec("textmef.align") is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def create_app(
     model: nn.Module,
     *,
@@ -178,12 +175,14 @@ def create_app(
     A successful ``POST /api/fuse`` answers::
 
         {"id", "width", "height", "bit_depth", "format": "PNG", "filename": "fused.png",
-         "strategy", "align", "ordering", "order", "used", "motions", "seconds",
+         "method", "strategy", "align", "ordering", "order", "used", "motions", "seconds",
          "inputs": [{"index", "name", "width", "height", "preview_url"}, ...],
          "preview_url", "download_url", "result_url"}
 
     where ``order`` lists input indices (upload order) from darkest to brightest, ``used``
-    the ones fused, and ``motions`` one line per input when aligned (else null).
+    the ones fused, ``strategy`` the network's stack strategy (null for the classic
+    methods, which fuse every frame) and ``motions`` one line per input when aligned
+    (else null).
 
     Args:
         model: the fusion network (see :func:`textmef.api.load_model`); it is used by one
@@ -219,10 +218,8 @@ def create_app(
         return render_template(
             "index.html",
             version=__version__,
-            strategies=STRATEGIES,
-            default_strategy=DEFAULT_STRATEGY,
-            strategy_help=STRATEGY_HELP,
-            align_available=align_available(),
+            methods=_method_choices(),
+            default_method=DEFAULT_METHOD,
             max_files=max_files,
             max_upload_bytes=app.config["MAX_CONTENT_LENGTH"],
             max_pixels=max_pixels,
@@ -246,12 +243,12 @@ def create_app(
             request.environ[_UPLOAD_DIR_KEY] = folder
             parts: list[FileStorage] = []
             try:
-                strategy, align = _options(request.form)
+                method, align = _options(request.form)
                 parts = request.files.getlist("files")
                 files = [f for f in parts if f.filename]  # a browser sends "" for no file
                 names = _check_count(files, max_files)
                 uploads = _save(files, names, Path(folder), max_pixels)
-                result = _fuse(model, uploads, strategy, align, Path(folder), fuse_lock)
+                result = _fuse(model, uploads, method, align, Path(folder), fuse_lock)
             finally:
                 # Closed before the folder goes, so the cleanup also works on Windows.
                 for part in parts:
@@ -339,21 +336,31 @@ def _request_class(temp_root: Path) -> type[Request]:
     return UploadRequest
 
 
-def _options(form) -> tuple[str, bool]:
-    strategy = form.get("strategy") or DEFAULT_STRATEGY
-    if strategy not in STRATEGIES:
-        raise ApiError(400, f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+def _method_choices() -> list[dict[str, Any]]:
+    """The registry's methods for the page's menu, those that cannot run here disabled."""
+    return [
+        {"name": name, "summary": get_method(name).summary, "reason": unavailable_reason(name)}
+        for name in list_methods()
+    ]
+
+
+def _options(form: Any) -> tuple[str, bool]:
+    method = form.get("method") or ""
+    strategy = form.get("strategy") or ""
+    if not method and strategy:  # the form of earlier versions: the network's strategy
+        if strategy not in STRATEGIES:
+            raise ApiError(
+                400, f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}"
+            )
+        method = f"{DEFAULT_METHOD}-{strategy}"
+    method = method or DEFAULT_METHOD
+    reason = unavailable_reason(method)
+    if reason:
+        raise ApiError(400, f"method {method}: {reason}")
     flag = form.get("align", "").strip().lower()
     if flag not in _TRUE | _FALSE:
         raise ApiError(400, f"align must be 1 or 0, not {flag!r}")
-    align = flag in _TRUE
-    if align and not align_available():
-        raise ApiError(
-            400,
-            "alignment is not available on this server (the textmef.align "
-            "module is not installed); fuse without 'align frames'",
-        )
-    return strategy, align
+    return method, flag in _TRUE
 
 
 def _display_name(filename: str | None, index: int) -> str:
@@ -433,23 +440,24 @@ def _header_size(path: Path, name: str, max_pixels: int) -> tuple[int, int] | No
 def _fuse(
     model: nn.Module,
     uploads: Sequence[_Upload],
-    strategy: str,
+    method_name: str,
     align: bool,
     folder: Path,
     fuse_lock: threading.Lock,
 ) -> FusedResult:
     started = time.perf_counter()
+    method = get_method(method_name)
+    options = MethodOptions(model=model)
     try:
         with fuse_lock:
-            fusion = fuse_stack([u.path for u in uploads], model, strategy=strategy, align=align)
+            prepared = prepare_stack([u.path for u in uploads], align=align)
+            fused = build_method(method_name, options)(prepared.tensors)
+            fusion = prepared.result(fused, method.frames_used(options, len(uploads)))
+    except MethodUnavailableError as exc:
+        raise ApiError(400, str(exc)) from None
     except InputError as exc:
         raise ApiError(422, _user_message(exc, uploads)) from None
-    except ImportError as exc:  # textmef.align present but one of its imports is not
-        if not align:
-            raise
-        raise ApiError(
-            400, f"alignment is not available on this server ({exc}); fuse without 'align frames'"
-        ) from None
+    strategy = method.stack_strategy(options)
     seconds = time.perf_counter() - started
     png = io.write_image(folder / DOWNLOAD_NAME, fusion.image, fusion.bit_depth).read_bytes()
     preview = _jpeg(_fit(_to_uint8_bgr(fusion.image)))
@@ -463,6 +471,7 @@ def _fuse(
         "bit_depth": fusion.bit_depth,
         "format": "PNG",
         "filename": DOWNLOAD_NAME,
+        "method": method_name,
         "strategy": strategy,
         "align": align,
         "ordering": fusion.ordering,
@@ -490,7 +499,7 @@ def _fuse(
         width,
         height,
         fusion.bit_depth,
-        strategy,
+        method_name,
         seconds,
     )
     return FusedResult(meta=meta, png=png, preview=preview, input_previews=input_previews)

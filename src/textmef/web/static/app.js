@@ -13,7 +13,7 @@
 
   const el = {
     files: $("files"), dropzone: $("dropzone"), thumbs: $("thumbs"), note: $("thumbs-note"),
-    strategy: $("strategy"), align: $("align"), fuse: $("fuse"), clear: $("clear"),
+    method: $("method"), align: $("align"), fuse: $("fuse"), clear: $("clear"),
     busy: $("busy"), error: $("error"), placeholder: $("placeholder"), result: $("result"),
     stage: $("stage"), fused: $("fused-img"), input: $("input-img"), tagRight: $("tag-right"),
     meta: $("meta"), compare: $("compare"), compareWith: $("compare-with"),
@@ -139,7 +139,7 @@
     try {
       const form = new FormData();
       files.forEach((f) => form.append("files", f, f.name));
-      form.append("strategy", el.strategy.value);
+      form.append("method", el.method.value);
       form.append("align", el.align.checked ? "1" : "0");
       let response;
       try {
@@ -206,7 +206,7 @@
     setPosition(50);
 
     const parts = [`${data.width}×${data.height}`, `${data.bit_depth}-bit PNG`,
-      `${data.strategy}`, `${count} photos`, `${data.seconds.toFixed(2)} s`];
+      data.strategy ? `${data.method} (${data.strategy})` : data.method, `${count} photos`, `${data.seconds.toFixed(2)} s`];
     if (data.align) parts.splice(3, 0, "aligned");
     el.meta.textContent = parts.join(" · ");
     el.download.href = data.download_url;
