@@ -119,13 +119,13 @@ def create_model(name: str, **overrides: Any) -> FusionNet:
 register_model(
     PAPER_MODEL,
     FusionNetConfig(),
-    "the paper's network (C = 64, d_state 16); `textmef train` defaults",
+    "the paper's network, C = 64, d_state 16; what `textmef train` trains by default",
 )
 register_model(
     DEFAULT_MODEL,
     FusionNetConfig(width=16, d_state=4),
-    "the paper's architecture at C = 16, d_state 4: the packaged checkpoint "
-    "(what a 2-core CPU trains in an hour, see weights/MODEL_CARD.md)",
+    "the paper's architecture at C = 16, d_state 4; the packaged checkpoint, "
+    "what a 2-core CPU trains in an hour: weights/MODEL_CARD.md",
 )
 register_model(
     "textmef-tiny",
