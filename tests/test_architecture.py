@@ -13,7 +13,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
 HEAVY = ("torch", "numba", "cv2", "flask", "matplotlib")
-COMMANDS = ("fuse", "serve", "make-pairs", "train-prompt", "train", "eval", "bench", "info")
+COMMANDS = (
+    "fuse",
+    "serve",
+    "make-pairs",
+    "train-prompt",
+    "train",
+    "eval",
+    "bench",
+    "convert",
+    "info",
+)
 
 
 def run_python(code: str, *, timeout: float = 300, cwd: Path | None = None):

@@ -49,10 +49,10 @@ def test_strict_load_refuses_a_checkpoint_of_another_shape(tmp_path):
     assert isinstance(model, FusionNet)
 
 
-def test_pickle_files_are_refused_without_being_opened(tmp_path):
-    path = tmp_path / "evil.pth"
+def test_a_pickle_that_is_not_a_state_dict_of_tensors_is_refused(tmp_path):
+    path = tmp_path / "odd.pth"
     path.write_bytes(pickle.dumps({"a": 1}))
-    with pytest.raises(CheckpointError, match="pickled checkpoints are refused"):
+    with pytest.raises(CheckpointError, match="odd.pth: is not a plain state dict of tensors"):
         load_checkpoint(path)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from textmef.authors import PICKLE_SUFFIXES
 from textmef.errors import CheckpointError
 from textmef.models.config import FusionNetConfig
 from textmef.models.fusionnet import FusionNet
@@ -25,6 +26,8 @@ from textmef.serialization import LoadReport, load_state, save_safetensors_atomi
 __all__ = [
     "CheckpointInfo",
     "LoadReport",
+    "convert_authors_checkpoint",
+    "is_authors_checkpoint",
     "load_checkpoint",
     "load_state",
     "packaged_weights_path",
@@ -37,7 +40,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "textmef-fusionnet"
 PACKAGED_WEIGHTS = "textmef.safetensors"
-_PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl"}
 
 
 @dataclass(frozen=True)
@@ -85,11 +87,11 @@ def _open(path: Path) -> Any:
         raise CheckpointError(path, "no such weights file")
     if path.is_dir():
         raise CheckpointError(path, "is a directory, expected a .safetensors weights file")
-    if path.suffix.lower() in _PICKLE_SUFFIXES:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
         raise CheckpointError(
             path,
-            "pickled checkpoints are refused (loading them can run "
-            "arbitrary code); convert the weights to .safetensors",
+            "is a pickle; textmef reads the authors' .pth layout (see `textmef convert`) "
+            "and otherwise only .safetensors",
         )
     try:
         return safe_open(str(path), framework="pt", device="cpu")
@@ -109,9 +111,51 @@ def _info(path: Path, metadata: dict[str, str]) -> CheckpointInfo:
     return CheckpointInfo(path=path, model=name, config=config, metadata=metadata)
 
 
-def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
-    """Name, config and metadata of a checkpoint, from its header only."""
+def is_authors_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is (by its suffix) a pickled file, read as the authors' layout."""
+    return Path(path).suffix.lower() in PICKLE_SUFFIXES
+
+
+def convert_authors_checkpoint(path: str | Path) -> tuple[FusionNet, dict[str, str]]:
+    """Build our model from the authors' ``epoch_N_G.pth``, in memory.
+
+    Raises:
+        CheckpointError: not the authors' fusion network (e.g. their prompt file), or a
+            file that cannot be read safely.
+    """
+    from textmef.authors import from_authors_state, is_authors_prompts, read_authors_file
+
     path = Path(path)
+    state = read_authors_file(path)
+    if is_authors_prompts(state):
+        raise CheckpointError(
+            path,
+            "is the authors' stage-1 prompt file, not a fusion network; turn it into a "
+            "textmef prompt file with `textmef convert FILE --clip CLIP_FILE -o "
+            "prompts.safetensors`",
+        )
+    conversion = from_authors_state(state, path)
+    model = FusionNet(conversion.config)
+    model.load_state_dict(conversion.state, strict=True)
+    metadata = {
+        "format": FORMAT,
+        "model": name_of_config(conversion.config) or CUSTOM_MODEL,
+        "config": json.dumps(conversion.config.to_dict()),
+        "source": f"authors' checkpoint {path.name}",
+        "dropped": json.dumps(sorted(conversion.dropped)),
+        "dropped_values": str(conversion.dropped_values),
+    }
+    return model.eval(), metadata
+
+
+def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
+    """Name, config and metadata of a checkpoint, from its header only.
+
+    The authors' ``.pth`` files have no header: they are converted to answer.
+    """
+    path = Path(path)
+    if is_authors_checkpoint(path):
+        return _info(path, convert_authors_checkpoint(path)[1])
     with _open(path) as f:
         metadata = f.metadata() or {}
     return _info(path, metadata)
@@ -132,13 +176,27 @@ def load_checkpoint(path: str | Path, strict: bool = True) -> tuple[FusionNet, d
     """Build the model described by a checkpoint and load its weights.
 
     Args:
-        path: A ``.safetensors`` file written by :func:`save_checkpoint`.
+        path: A ``.safetensors`` file written by :func:`save_checkpoint`, or the authors'
+            ``.pth`` state dict (converted in memory, with one line logged saying so).
         strict: Raise :class:`CheckpointError` when any key is missing, unexpected or of the
             wrong shape; otherwise log a warning and keep the matching weights.
 
     Returns:
         (model in eval mode, checkpoint metadata).
     """
+    if is_authors_checkpoint(path):
+        model, metadata = convert_authors_checkpoint(path)
+        name = Path(path).name
+        log.info(
+            "%s: the authors' checkpoint layout, converted in memory to the %s model (%s "
+            "values that never reach the output dropped); `textmef convert %s -o "
+            "model.safetensors` saves it",
+            name,
+            metadata["model"],
+            f"{int(metadata['dropped_values']):,}",
+            name,
+        )
+        return model, metadata
     config, state, metadata = read_checkpoint(path)
     model = FusionNet(config)
     report: LoadReport = load_state(model, state)

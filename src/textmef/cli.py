@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="output file (single pair) or folder (folder mode)",
     )
     fuse.add_argument(
-        "--weights", type=Path, help="a .safetensors checkpoint (default: the packaged one)"
+        "--weights",
+        type=Path,
+        help="a .safetensors checkpoint or the authors' .pth (default: the packaged one)",
     )
     fuse.add_argument(
         "--tile",
@@ -103,8 +105,131 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_bench(sub)
+    _add_convert(sub)
     _add_info(sub)
     return parser
+
+
+def _add_convert(sub: Any) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert the authors' released weights to textmef's format, and back",
+        description="Convert between the authors' checkpoint layouts and textmef's. "
+        "AUTHORS.pth (their FusionNet state dict, e.g. epoch_400_G.pth) -> a textmef "
+        ".safetensors model; a textmef C = 64 model -> their layout with --to authors; "
+        "their prompt file (best_prompt_round0.pth) -> a textmef prompt file, with --clip. "
+        "Pickles are read with torch.load(weights_only=True): tensors only, no code runs.",
+    )
+    p.add_argument("input", type=Path, metavar="INPUT", help="the file to convert")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the file to write")
+    p.add_argument(
+        "--to",
+        choices=("textmef", "authors"),
+        default="textmef",
+        help="textmef: from the authors' layout (default); authors: a textmef .safetensors "
+        "model to the authors' .pth layout",
+    )
+    _add_clip_options(p)
+    p.add_argument(
+        "--length",
+        type=positive_int,
+        default=16,
+        help="prompt files: learnable tokens per prompt (the authors' length_prompt, default 16)",
+    )
+    p.set_defaults(run=_cmd_convert)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from textmef.authors import PICKLE_SUFFIXES
+
+    source, out = args.input, args.output
+    wanted = {".safetensors"} if args.to == "textmef" else {".pth", ".pt"}
+    if out.suffix.lower() not in wanted:
+        raise InputError(out, f"converting to {args.to} writes {' or '.join(sorted(wanted))}")
+    if not out.parent.is_dir():
+        raise InputError(out.parent, "no such folder for the output")
+    if not source.is_file():
+        raise InputError(source, "no such file")
+    if out.resolve() == source.resolve():
+        raise InputError(out, "is the input; choose another output file")
+    is_pickle = source.suffix.lower() in PICKLE_SUFFIXES
+    if args.to == "authors":
+        if is_pickle:
+            raise InputError(source, "is already in the authors' layout")
+        return _convert_to_authors(source, out)
+    if not is_pickle:
+        raise InputError(
+            source, "is not an authors' .pth file (for the other direction add --to authors)"
+        )
+    from textmef.authors import is_authors_prompts, read_authors_file
+
+    state = read_authors_file(source)
+    if is_authors_prompts(state):
+        return _convert_prompts(state, args)
+    return _convert_network(source, out)
+
+
+def _convert_network(source: Path, out: Path) -> int:
+    import json
+
+    from textmef.checkpoint import convert_authors_checkpoint, save_checkpoint
+
+    model, metadata = convert_authors_checkpoint(source)
+    save_checkpoint(model, out, {k: metadata[k] for k in ("source", "dropped", "dropped_values")})
+    dropped = json.loads(metadata["dropped"])
+    print(
+        f"dropped {int(metadata['dropped_values']):,} values in {len(dropped)} tensors that "
+        "never reach the output: " + ", ".join(dropped)
+    )
+    live = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out}: the {metadata['model']} model, {live:,} parameters "
+          f"({model.config.describe()})")  # fmt: skip
+    return 0
+
+
+def _convert_to_authors(source: Path, out: Path) -> int:
+    import torch
+
+    from textmef.authors import to_authors_state
+    from textmef.checkpoint import read_checkpoint
+    from textmef.errors import CheckpointError
+    from textmef.io import atomic_path
+
+    config, state, _ = read_checkpoint(source)
+    try:
+        theirs = to_authors_state(state, config)
+    except CheckpointError as exc:
+        raise CheckpointError(source, exc.problem) from None
+    with atomic_path(out) as tmp:
+        torch.save(theirs, tmp)
+    total = sum(t.numel() for t in theirs.values())
+    print(f"wrote {out}: {len(theirs)} tensors, {total:,} values in the authors' layout "
+          "(FusionNet(base_filter=64).load_state_dict accepts it strictly)")  # fmt: skip
+    return 0
+
+
+def _convert_prompts(state: Any, args: argparse.Namespace) -> int:
+    from textmef.authors import from_authors_prompts
+    from textmef.clip.loading import clip_fingerprint, find_clip_file, load_clip
+    from textmef.clip.prompts import save_prompts
+
+    clip_file = find_clip_file(args.clip, download=args.clip_download)
+    clip = load_clip(clip_file)
+    conversion = from_authors_prompts(state, clip, length=args.length, path=args.input)
+    info = {
+        "converted_from": args.input.name,
+        "authors_rows": ["over", "under", "well"],
+        "clip_file": clip_file.name,
+        "ignored": conversion.ignored,
+    }
+    save_prompts(args.output, conversion.learner, clip, clip_fingerprint(clip), info)
+    if conversion.ignored:
+        print(
+            f"ignored {len(conversion.ignored)} tensor(s) of the file (their copy of CLIP's "
+            f"text tower); the features come from {clip_file.name}"
+        )
+    print(f"wrote {args.output}: 3 learned prompts (over, under, well), {args.length} tokens each")
+    return 0
 
 
 def _add_info(sub: Any) -> None:
@@ -121,7 +246,9 @@ def _add_info(sub: Any) -> None:
     which.add_argument(
         "--model", choices=list_models(), help="describe a registered architecture instead"
     )
-    which.add_argument("--weights", type=Path, help="describe this .safetensors checkpoint")
+    which.add_argument(
+        "--weights", type=Path, help="describe this checkpoint (.safetensors or the authors' .pth)"
+    )
     p.set_defaults(run=_cmd_info)
 
 
@@ -549,7 +676,10 @@ def _add_bench(sub) -> None:
     )
     p.add_argument("--limit", type=positive_int, help="only the first N scenes")
     p.add_argument(
-        "--weights", type=Path, help="checkpoint for the textmef method (default: the packaged one)"
+        "--weights",
+        type=Path,
+        help="checkpoint (.safetensors or the authors' .pth) for the textmef methods "
+        "(default: the packaged one)",
     )
     p.add_argument(
         "--tile",

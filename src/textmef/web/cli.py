@@ -86,7 +86,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         help=f"TCP port, 0 = any free one (default {DEFAULT_PORT})",
     )
     p.add_argument(
-        "--weights", type=Path, help="a .safetensors checkpoint (default: the packaged one)"
+        "--weights",
+        type=Path,
+        help="a .safetensors checkpoint or the authors' .pth (default: the packaged one)",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument(
