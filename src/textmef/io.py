@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -323,16 +324,21 @@ def _encode(path: Path, pixels: np.ndarray, bit_depth: int) -> bytes:
     return buffer.tobytes()
 
 
+# `.NAME.<pid>-<32 hex>.tmp`: the pid tells a killed writer's leftovers from a live one's.
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)-[0-9a-f]{32}\.tmp$")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
 
     The temporary file shares the target's directory so os.replace is a same-filesystem
     rename, and its name starts with a dot so a half-written file is not mistaken for
-    output. On any error it is removed and ``path`` is left as it was.
+    output. On any error it is removed and ``path`` is left as it was. A process killed
+    mid-write (SIGKILL) cannot remove it; :func:`remove_stale_temp_files` does, later.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -363,3 +369,37 @@ def _display_name(image: Image, fallback: str) -> str:
 def _size(image: Image) -> str:
     height, width = image.pixels.shape[:2]
     return f"{width}x{height}"
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: leave its files alone
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files that killed writers left in ``folder`` (not recursive).
+
+    Only files named as :func:`atomic_path` names them, whose writing process no longer
+    runs, are removed; a live writer's temporary file is never touched.
+
+    Returns:
+        The files removed.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TEMP_NAME.match(entry.name)
+        if match and entry.is_file() and not _process_alive(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
