@@ -17,6 +17,7 @@ import torch
 
 from textmef.checkpoint import load_checkpoint, packaged_weights_path
 from textmef.errors import CheckpointError, InputError
+from textmef.io import DEFAULT_MAX_PIXELS
 from textmef.models.fusionnet import FusionNet
 from textmef.runtime import resolve_device, set_threads
 from textmef.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
@@ -54,12 +55,14 @@ def load_model(
     return model.to(resolve_device(device))
 
 
-def _as_tensor(image: ImageLike, name: str) -> tuple[torch.Tensor, dict[str, Any]]:
+def _as_tensor(
+    image: ImageLike, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """Normalise any accepted input to (1|B, 3, H, W) float32 plus how to convert back."""
     from textmef import io
 
     if isinstance(image, (str, os.PathLike)):
-        loaded = io.read_image(Path(image))
+        loaded = io.read_image(Path(image), max_pixels)
         return io.to_tensor(loaded.pixels), {"kind": "array", "dtype": np.float32}
     if isinstance(image, torch.Tensor):
         t = image.float()
@@ -82,6 +85,22 @@ def _as_tensor(image: ImageLike, name: str) -> tuple[torch.Tensor, dict[str, Any
         None,
         f"{name} must be a path, numpy array or torch tensor, got {type(image).__name__}",
     )
+
+
+def _check_path_pair(under: Path, over: Path, max_pixels: int | None) -> None:
+    """Headers of both files, their sizes and distinctness, before any decoding."""
+    from textmef import io
+
+    first = io.check_image_file(under, max_pixels)
+    second = io.check_image_file(over, max_pixels)
+    if io.same_file(under, over):
+        raise InputError(over, "is the same file as the under-exposed image")
+    if (first.width, first.height) != (second.width, second.height):
+        raise InputError(
+            over,
+            f"is {second.size_text} but {under.name} is {first.size_text}; the exposures "
+            "must be the same size",
+        )
 
 
 def _restore(fused: torch.Tensor, how: dict[str, Any]) -> np.ndarray | torch.Tensor:
@@ -110,6 +129,7 @@ def fuse(
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     threads: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Any:
     """Fuse an under- and an over-exposed image of the same scene.
 
@@ -125,6 +145,8 @@ def fuse(
             (see :mod:`textmef.tiling`).
         overlap: Blend width between tiles.
         threads: CPU threads for PyTorch and the scan kernels (None: leave as set).
+        max_pixels: for paths, the most pixels per image, checked from the header before
+            anything is decoded (None: no limit).
 
     Returns:
         The fused image in the form of ``under``: an array of the same dtype (float32 for
@@ -138,8 +160,10 @@ def fuse(
     from textmef.inference import fuse_tensors
 
     check_tiling(tile, overlap)
-    u, how = _as_tensor(under, "under")
-    o, _ = _as_tensor(over, "over")
+    if isinstance(under, (str, os.PathLike)) and isinstance(over, (str, os.PathLike)):
+        _check_path_pair(Path(under), Path(over), max_pixels)
+    u, how = _as_tensor(under, "under", max_pixels)
+    o, _ = _as_tensor(over, "over", max_pixels)
     if u.shape != o.shape:
         raise InputError(
             None,

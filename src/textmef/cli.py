@@ -18,6 +18,7 @@ from typing import Any
 from textmef import __version__
 from textmef.argtypes import csv_list, non_negative_int, positive_int
 from textmef.errors import InputError, TextmefError
+from textmef.limits import DEFAULT_MAX_PIXELS
 from textmef.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
 
 log = logging.getLogger("textmef")
@@ -70,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"overlap between tiles in pixels (default {DEFAULT_OVERLAP})",
     )
     fuse.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
+    fuse.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="largest image accepted, width x height, checked from the file header before "
+        f"decoding (default {DEFAULT_MAX_PIXELS:_})",
+    )
     fuse.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     fuse.add_argument(
         "--skip-existing",
@@ -804,6 +813,7 @@ def _fuse_files(model, paths: Sequence[Path], out: Path, args: argparse.Namespac
         tile=args.tile,
         overlap=args.overlap,
         threads=args.threads,
+        max_pixels=args.max_pixels,
     )
     if result.misalignment_px is not None and result.misalignment_px > MISALIGNED_PX:
         dark, bright = paths[result.order[0]].name, paths[result.order[-1]].name
@@ -839,46 +849,90 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             None, "expected two or more images: textmef fuse UNDER OVER [MORE...] -o OUT"
         )
     check_tiling(args.tile, args.overlap)
+    if folder_mode:
+        return _fuse_folders(args)
+    from textmef.files import check_output_file
+    from textmef.stack import check_stack_files
+
+    # Everything that can be checked is checked before the model loads or a pixel is
+    # decoded, so a mistake costs the start-up time, not a fusion.
+    paths = [Path(p) for p in args.images]
+    check_output_file(args.output, inputs=paths)
+    check_stack_files(paths, args.max_pixels)
+    model = _load_model(args)
+    note = _fuse_files(model, paths, args.output, args)
+    print(f"wrote {args.output}" + (f" ({note})" if note else ""))
+    return 0
+
+
+def _load_model(args: argparse.Namespace) -> Any:
     from textmef.api import load_model
     from textmef.runtime import resolve_device
 
-    device = resolve_device(args.device)
-    if not folder_mode:
-        model = load_model(args.weights, device)
-        note = _fuse_files(model, [Path(p) for p in args.images], args.output, args)
-        print(f"wrote {args.output}" + (f" ({note})" if note else ""))
-        return 0
-    return _fuse_folders(args, device)
+    return load_model(args.weights, resolve_device(args.device))
 
 
-def _fuse_folders(args: argparse.Namespace, device: Any) -> int:
+def _output_folder(args: argparse.Namespace) -> Path:
+    """The folder-mode output folder, checked (never an input folder), created if missing."""
+    import os
+
+    from textmef.files import remove_stale_temp_files, same_file
+
+    out = args.output
+    for source in (args.under, args.over):
+        if out.exists() and same_file(out, source):
+            raise InputError(out, f"is the input folder {source}; writing there would replace "
+                                  "the originals, so choose another output folder")  # fmt: skip
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder")
+    parent = out if out.exists() else out.parent
+    if not parent.is_dir():
+        raise InputError(out, f"cannot be created: {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(out, f"cannot be written: {parent} is read-only")
+    out.mkdir(exist_ok=True)
+    for path in remove_stale_temp_files(out):
+        log.info("removed %s, left by an interrupted run", path.name)
+    return out
+
+
+def _fuse_folders(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from textmef.api import load_model
+    from textmef.files import check_output_file
+    from textmef.stack import check_stack_files
 
     pairs = _pairs_from_folders(args.under, args.over)
-    if args.output.exists() and not args.output.is_dir():
-        raise InputError(args.output, "exists and is not a folder")
-    args.output.mkdir(parents=True, exist_ok=True)
     suffix = f".{args.ext.lstrip('.')}" if args.ext else None
     jobs = [(u, o, args.output / (u.stem + (suffix or u.suffix))) for u, o in pairs]
+    if suffix:  # one bad --ext fails the whole run at once
+        check_output_file(jobs[0][2].with_name("x" + suffix))
+    out = _output_folder(args)
     if args.skip_existing:
         done = [j for j in jobs if j[2].exists()]
         jobs = [j for j in jobs if not j[2].exists()]
         if done:
             print(f"skipping {len(done)} pair(s) whose output exists")
-    model = load_model(args.weights, device) if jobs else None
-    failures = 0
-    for under, over, out in tqdm(jobs, desc="fusing", unit="pair", disable=None):
+    failures, ready = 0, []
+    for under, over, target in jobs:  # headers only: bad pairs are reported before fusing
         try:
-            note = _fuse_files(model, [under, over], out, args)
+            check_output_file(target, inputs=(under, over))
+            check_stack_files([under, over], args.max_pixels)
+            ready.append((under, over, target))
+        except InputError as exc:
+            failures += 1
+            print(f"textmef: error: {exc}", file=sys.stderr)
+    model = _load_model(args) if ready else None
+    for under, over, target in tqdm(ready, desc="fusing", unit="pair", disable=None):
+        try:
+            note = _fuse_files(model, [under, over], target, args)
             if note and args.align:
-                tqdm.write(f"{out.name}: {note}")
+                tqdm.write(f"{target.name}: {note}")
         except InputError as exc:
             failures += 1
             tqdm.write(f"textmef: error: {exc}", file=sys.stderr)
     print(
-        f"fused {len(jobs) - failures} pair(s) into {args.output}"
+        f"fused {len(ready) - failures + (len(jobs) - len(ready))} pair(s) into {out}"
         + (f"; {failures} failed" if failures else "")
     )
     return 1 if failures else 0

@@ -11,7 +11,8 @@ import contextlib
 import io
 import os
 import re
-import uuid
+import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,9 +24,38 @@ import PIL.Image
 import torch
 
 from textmef.errors import InputError
+from textmef.files import (
+    SUPPORTED_SUFFIXES,
+    ImageHeader,
+    _check_output_path,
+    _check_readable_file,
+    atomic_path,
+    check_image_file,
+    check_output_file,
+    magic_format,
+    remove_stale_temp_files,
+    same_file,
+)
+from textmef.limits import DEFAULT_MAX_PIXELS, MIN_SIDE
 
-SUPPORTED_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg"})
-MIN_SIDE = 4
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "MIN_SIDE",
+    "SUPPORTED_SUFFIXES",
+    "Image",
+    "ImageHeader",
+    "atomic_path",
+    "check_image_file",
+    "check_output_file",
+    "check_pair",
+    "from_tensor",
+    "quiet_decoders",
+    "read_image",
+    "remove_stale_temp_files",
+    "same_file",
+    "to_tensor",
+    "write_image",
+]
 
 _MAX_VALUE = {8: 255, 16: 65535}
 _DTYPE = {8: np.uint8, 16: np.uint16}
@@ -54,13 +84,17 @@ class Image:
     path: Path | None = None
 
 
-def read_image(path: str | os.PathLike[str]) -> Image:
+def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image:
     """Read an 8- or 16-bit RGB PNG, TIFF or JPEG file.
 
-    The EXIF orientation tag is honoured, so a camera JPEG comes back upright.
+    The header is checked first (:func:`check_image_file`), so nothing over ``max_pixels``
+    is ever decoded. The EXIF orientation tag is honoured, so a camera JPEG comes back
+    upright. The decoders' own warnings (libpng, libtiff, OpenCV) are kept off stderr: the
+    one line of the :class:`InputError` says what is wrong.
 
     Args:
         path: file to read; non-ASCII names are fine.
+        max_pixels: the most pixels accepted (None: no limit).
 
     Returns:
         The image, with float32 RGB pixels in [0, 1] and the file's bit depth.
@@ -68,9 +102,11 @@ def read_image(path: str | os.PathLike[str]) -> Image:
     Raises:
         InputError: the file is missing, a directory, empty, of an unsupported type,
             damaged or truncated, grayscale, has an alpha channel, is smaller than
-            MIN_SIDE pixels on a side, or has a bit depth other than 8 or 16.
+            MIN_SIDE pixels on a side, over ``max_pixels``, or has a bit depth other than
+            8 or 16.
     """
     path = Path(path)
+    check_image_file(path, max_pixels)
     data = _read_bytes(path)
     raw = _decode(path, data, _INSPECT_FLAGS)
     bit_depth = _bit_depth(path, raw.dtype)
@@ -178,11 +214,7 @@ def from_tensor(tensor: torch.Tensor) -> np.ndarray:
 
 
 def _read_bytes(path: Path) -> np.ndarray:
-    if not path.exists():
-        raise InputError(path, "no such file")
-    if path.is_dir():
-        raise InputError(path, "is a directory, not an image file")
-    _check_suffix(path)
+    _check_readable_file(path)
     try:
         # np.fromfile + imdecode, because cv2.imread cannot open non-ASCII paths on Windows.
         data = np.fromfile(path, dtype=np.uint8)
@@ -193,16 +225,10 @@ def _read_bytes(path: Path) -> np.ndarray:
     return data
 
 
-def _check_suffix(path: Path) -> None:
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-        wanted = ", ".join(sorted(SUPPORTED_SUFFIXES))
-        shown = path.suffix or "no suffix"
-        raise InputError(path, f"unsupported file type ({shown}); use one of {wanted}")
-
-
 def _decode(path: Path, data: np.ndarray, flags: int) -> np.ndarray:
     try:
-        image = cv2.imdecode(data, flags)
+        with quiet_decoders():
+            image = cv2.imdecode(data, flags)
     except cv2.error:
         image = None
     if image is None or image.size == 0:
@@ -211,21 +237,54 @@ def _decode(path: Path, data: np.ndarray, flags: int) -> np.ndarray:
 
 
 def _undecodable_problem(data: np.ndarray) -> str:
-    fmt = _pillow_format(data)
+    fmt = magic_format(data[:16].tobytes())
     if fmt is None:
         return "is not a PNG, TIFF or JPEG image, or is too damaged to read"
     return f"is a damaged or truncated {fmt} file"
 
 
-def _pillow_format(data: np.ndarray) -> str | None:
-    """Name the container format from the header alone, or None if it is not an image."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with PIL.Image.open(io.BytesIO(data.tobytes())) as im:
-                return im.format
-    except Exception:  # Pillow signals unknown or broken headers with many types
-        return None
+_STDERR_LOCK = threading.Lock()
+# What the decoders print on their own; anything else that reaches fd 2 meanwhile is passed on.
+_DECODER_NOISE = re.compile(
+    r"^(libpng |\[ ?(WARN|ERROR|INFO)[: ]|TIFF|JPEG|Corrupt JPEG|Premature end)"
+)
+
+
+@contextlib.contextmanager
+def quiet_decoders() -> Iterator[None]:
+    """Keep libpng's, libtiff's and OpenCV's own messages off stderr while decoding.
+
+    They write straight to file descriptor 2 (C ``fprintf``), past Python's ``sys.stderr``,
+    so fd 2 is pointed at a temporary file meanwhile; lines that are not decoder noise
+    (another thread's output) are written back afterwards.
+    """
+    import tempfile
+
+    with _STDERR_LOCK:
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 (some embedded interpreters): nothing to silence
+            saved = -1
+        capture = tempfile.TemporaryFile()
+        try:
+            if saved >= 0:
+                with contextlib.suppress(Exception):
+                    sys.stderr.flush()
+                os.dup2(capture.fileno(), 2)
+            yield
+        finally:
+            if saved >= 0:
+                os.dup2(saved, 2)
+                os.close(saved)
+            cv2.utils.logging.setLogLevel(level)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace")
+            capture.close()
+    passed = [line for line in text.splitlines() if line and not _DECODER_NOISE.match(line)]
+    if passed:
+        print("\n".join(passed), file=sys.stderr)
 
 
 def _bit_depth(path: Path, dtype: np.dtype) -> int:
@@ -287,18 +346,6 @@ def _check_complete(path: Path, data: np.ndarray) -> None:
         raise InputError(path, f"is a damaged or truncated {im.format} file") from None
 
 
-def _check_output_path(path: Path) -> None:
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        wanted = ", ".join(sorted(SUPPORTED_SUFFIXES))
-        raise InputError(path, f"cannot write {suffix or 'a file without suffix'}; use {wanted}")
-    parent = path.parent
-    if not parent.is_dir():
-        raise InputError(path, f"output directory {parent} does not exist")
-    if path.is_dir():
-        raise InputError(path, "is a directory; give a file name to write")
-
-
 def _check_rgb_array(pixels: np.ndarray) -> None:
     shape = getattr(pixels, "shape", None)
     if shape is None or len(shape) != 3 or shape[2] != 3:
@@ -324,29 +371,6 @@ def _encode(path: Path, pixels: np.ndarray, bit_depth: int) -> bytes:
     return buffer.tobytes()
 
 
-# `.NAME.<pid>-<32 hex>.tmp`: the pid tells a killed writer's leftovers from a live one's.
-_TEMP_NAME = re.compile(r"^\..+\.(\d+)-[0-9a-f]{32}\.tmp$")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
-
-    The temporary file shares the target's directory so os.replace is a same-filesystem
-    rename, and its name starts with a dot so a half-written file is not mistaken for
-    output. On any error it is removed and ``path`` is left as it was. A process killed
-    mid-write (SIGKILL) cannot remove it; :func:`remove_stale_temp_files` does, later.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-
-
 def _write_atomically(path: Path, payload: bytes) -> None:
     # os.open with mode 0o666 lets the umask set permissions exactly as for a plain open();
     # mkstemp would leave the result readable by its owner only.
@@ -369,37 +393,3 @@ def _display_name(image: Image, fallback: str) -> str:
 def _size(image: Image) -> str:
     height, width = image.pixels.shape[:2]
     return f"{width}x{height}"
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists (another user's) or cannot tell: leave its files alone
-    return True
-
-
-def remove_stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Remove the temporary files that killed writers left in ``folder`` (not recursive).
-
-    Only files named as :func:`atomic_path` names them, whose writing process no longer
-    runs, are removed; a live writer's temporary file is never touched.
-
-    Returns:
-        The files removed.
-    """
-    folder = Path(folder)
-    removed: list[Path] = []
-    if not folder.is_dir():
-        return removed
-    for entry in folder.iterdir():
-        match = _TEMP_NAME.match(entry.name)
-        if match and entry.is_file() and not _process_alive(int(match.group(1))):
-            with contextlib.suppress(OSError):
-                entry.unlink()
-                removed.append(entry)
-    return removed

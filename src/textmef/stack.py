@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from textmef.errors import InputError
+from textmef.limits import DEFAULT_MAX_PIXELS
 from textmef.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 
 # numpy, torch and the image I/O are imported where they are used: the command line reads
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from textmef.exposure import Frame
+    from textmef.files import ImageHeader
 
 __all__ = [
     "DEFAULT_STRATEGY",
@@ -41,6 +43,7 @@ __all__ = [
     "STRATEGIES",
     "PreparedStack",
     "StackFusion",
+    "check_stack_files",
     "fuse_frames",
     "fuse_stack",
     "load_frames",
@@ -84,31 +87,79 @@ class StackFusion:
     misalignment_px: float | None = None
 
 
-def load_frames(paths: Sequence[str | os.PathLike[str]]) -> list[Frame]:
-    """Read frames for stack fusion, as :class:`textmef.exposure.Frame` objects.
+def check_stack_files(
+    paths: Sequence[str | os.PathLike[str]], max_pixels: int | None = None
+) -> list[ImageHeader]:
+    """Check the files of a stack from their headers, before anything is decoded.
+
+    Args:
+        paths: the image files.
+        max_pixels: the most pixels per image (None: :data:`textmef.limits.DEFAULT_MAX_PIXELS`).
 
     Raises:
-        InputError: an unreadable file, fewer than two files, or mixed sizes (naming both).
+        InputError: fewer than two files, a file given twice (or two byte-identical
+            files), a missing, unsupported or oversized file, or frames of different sizes.
     """
-    from textmef import io
-    from textmef.exposure import make_frame
+    import hashlib
+
+    from textmef import files
 
     if len(paths) < 2:
         raise InputError(None, f"fusion needs at least 2 images, got {len(paths)}")
-    frames = []
-    for path in map(Path, paths):
-        image = io.read_image(path)
-        frames.append(make_frame(path, image.pixels, image.bit_depth))
-    first = frames[0]
-    for frame in frames[1:]:
-        if frame.pixels.shape != first.pixels.shape:
-            h, w = frame.pixels.shape[:2]
-            h0, w0 = first.pixels.shape[:2]
+    files_ = [Path(p) for p in paths]
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    headers = [files.check_image_file(p, limit) for p in files_]
+    for i, path in enumerate(files_):
+        for earlier in files_[:i]:
+            if files.same_file(path, earlier):
+                raise InputError(
+                    path, f"is given twice (also as {earlier}); fuse different exposures"
+                )
+    sizes = [p.stat().st_size for p in files_]
+    digests: dict[str, Path] = {}
+    for path, size in zip(files_, sizes):
+        if sizes.count(size) > 1:  # only files of equal length can be byte-identical
+            twin = digests.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), path)
+            if twin is not path:
+                raise InputError(path, f"is identical to {twin.name}; fuse different exposures")
+    first = headers[0]
+    for header in headers[1:]:
+        if (header.width, header.height) != (first.width, first.height):
             raise InputError(
-                frame.path,
-                f"is {w}x{h} but {first.path.name} is {w0}x{h0}; "
+                header.path,
+                f"is {header.size_text} but {first.path.name} is {first.size_text}; "
                 "all frames of a stack must have one size",
             )
+    return headers
+
+
+def load_frames(
+    paths: Sequence[str | os.PathLike[str]], max_pixels: int | None = None
+) -> list[Frame]:
+    """Read frames for stack fusion, as :class:`textmef.exposure.Frame` objects.
+
+    The files are checked first (:func:`check_stack_files`), so a bad one is reported
+    before any image is decoded.
+
+    Raises:
+        InputError: an unreadable file, fewer than two files, a file given twice, identical
+            images, or mixed sizes (naming both).
+    """
+    import numpy as np
+
+    from textmef import io
+    from textmef.exposure import make_frame
+
+    check_stack_files(paths, max_pixels)
+    frames: list[Frame] = []
+    for path in map(Path, paths):
+        image = io.read_image(path, max_pixels=None)  # the limit was checked above
+        for earlier in frames:
+            if np.array_equal(earlier.pixels, image.pixels):
+                raise InputError(
+                    path, f"holds the same pixels as {earlier.path.name}; fuse different exposures"
+                )
+        frames.append(make_frame(path, image.pixels, image.bit_depth))
     return frames
 
 
@@ -213,7 +264,12 @@ class PreparedStack:
         )
 
 
-def prepare_stack(paths: Sequence[str | os.PathLike[str]], *, align: bool = False) -> PreparedStack:
+def prepare_stack(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    align: bool = False,
+    max_pixels: int | None = None,
+) -> PreparedStack:
     """Read, order and optionally align a stack of N >= 2 exposures.
 
     Args:
@@ -221,13 +277,14 @@ def prepare_stack(paths: Sequence[str | os.PathLike[str]], *, align: bool = Fals
         align: register the frames and crop to their common area: a pair to the darker
             frame, a longer stack to its middle exposure (which shares the most unclipped
             detail with both ends). Without it the shift between the extremes is estimated.
+        max_pixels: the most pixels per image (None: the default limit of textmef.io).
 
     Raises:
         InputError: unreadable or mismatched files, alignment failure.
     """
     from textmef import io
 
-    frames = load_frames(paths)
+    frames = load_frames(paths, max_pixels)
     order, ordering = order_frames(frames)
     pixels = [frames[i].pixels for i in order]
     motions = misalignment = None
@@ -269,6 +326,7 @@ def fuse_stack(
     overlap: int = DEFAULT_OVERLAP,
     device: str | torch.device | None = None,
     threads: int | None = None,
+    max_pixels: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> StackFusion:
     """Read, order, optionally align, and fuse a stack of N >= 2 exposures with the network.
@@ -282,6 +340,7 @@ def fuse_stack(
         overlap: tile overlap.
         device: where the network runs (None: where the model is).
         threads: CPU threads (None: leave as set).
+        max_pixels: the most pixels per image (None: the default limit of textmef.io).
         on_step: progress callback ``on_step(done, total)`` per network pass.
 
     Raises:
@@ -294,7 +353,7 @@ def fuse_stack(
         raise InputError(
             None, f"unknown stack strategy {strategy!r}; use one of {', '.join(STRATEGIES)}"
         )
-    prepared = prepare_stack(paths, align=align)
+    prepared = prepare_stack(paths, align=align, max_pixels=max_pixels)
     pair = network_pair_fusion(model, tile=tile, overlap=overlap, device=device, threads=threads)
     fused = fuse_frames(prepared.tensors, pair, strategy, on_step)
     return prepared.result(fused, strategy_ranks(strategy, len(prepared.tensors)))

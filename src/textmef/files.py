@@ -1,0 +1,287 @@
+"""Files before pixels: header checks, output checks and atomic writes (standard library + Pillow).
+
+Everything here runs before any image is decoded or any model is loaded, and imports
+neither OpenCV nor torch, so a bad file or a bad output path is reported within the start-up
+time of a command. :mod:`textmef.io` re-exports these names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import uuid
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import PIL.Image
+
+from textmef.errors import InputError
+from textmef.limits import DEFAULT_MAX_PIXELS, MIN_SIDE
+
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "ImageHeader",
+    "atomic_path",
+    "check_image_file",
+    "check_output_file",
+    "magic_format",
+    "remove_stale_temp_files",
+    "same_file",
+]
+
+SUPPORTED_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg"})
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8", "JPEG"), (b"II*\x00", "TIFF"),
+          (b"MM\x00*", "TIFF"))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, read without decoding any pixel.
+
+    Attributes:
+        path: the file.
+        width: pixels per row.
+        height: rows.
+        format: ``"PNG"``, ``"JPEG"`` or ``"TIFF"``.
+    """
+
+    path: Path
+    width: int
+    height: int
+    format: str
+
+    @property
+    def pixels(self) -> int:
+        """width x height."""
+        return self.width * self.height
+
+    @property
+    def size_text(self) -> str:
+        """``WxH``, as messages show sizes."""
+        return f"{self.width}x{self.height}"
+
+
+def check_image_file(
+    path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> ImageHeader:
+    """Check an input image from its header alone, before anything decodes it.
+
+    The one check every entry point runs first (``textmef fuse``, the API, ``make-pairs``,
+    ``bench`` and the web app): the file exists, has a supported suffix and type, and its
+    dimensions are at least :data:`MIN_SIDE` and at most ``max_pixels`` pixels in all. It
+    reads a few hundred bytes, so a 30000x30000 "pixel bomb" is refused in milliseconds.
+
+    Args:
+        path: the image file.
+        max_pixels: the most pixels (width x height) accepted; None for no limit.
+
+    Raises:
+        InputError: missing, a directory, empty, unsupported, not an image, too small, or
+            over the pixel limit (one line naming the file).
+    """
+    path = Path(path)
+    _check_readable_file(path)
+    with open(path, "rb") as stream:
+        head = stream.read(32)
+    if not head:
+        raise InputError(path, "is empty (0 bytes)")
+    fmt = magic_format(head)
+    if fmt is None:
+        raise InputError(path, "is not a PNG, TIFF or JPEG image")
+    width, height = _png_size(head) if fmt == "PNG" else _header_size(path, fmt, max_pixels)
+    header = ImageHeader(path=path, width=width, height=height, format=fmt)
+    if max_pixels is not None and header.pixels > max_pixels:
+        raise InputError(
+            path,
+            f"is {header.size_text} pixels ({header.pixels / 1e6:.1f} MP), over the limit of "
+            f"{max_pixels / 1e6:g} MP per image (--max-pixels); downsize it or raise the limit",
+        )
+    if min(width, height) < MIN_SIDE:
+        raise InputError(
+            path,
+            f"is only {header.size_text} pixels; each side must be at least {MIN_SIDE} pixels",
+        )
+    return header
+
+
+def _png_size(head: bytes) -> tuple[int, int]:
+    # The signature is followed by the IHDR chunk: length, type, then width and height.
+    if len(head) < 24 or head[12:16] != b"IHDR":
+        return 0, 0  # reported as too small below; the decoder would fail on it anyway
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _tiff_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the first directory of a classic TIFF, or None if unreadable."""
+    try:
+        with open(path, "rb") as stream:
+            order = "little" if stream.read(2) == b"II" else "big"
+            stream.seek(4)
+            stream.seek(int.from_bytes(stream.read(4), order))
+            count = int.from_bytes(stream.read(2), order)
+            found: dict[int, int] = {}
+            for _ in range(min(count, 4096)):
+                entry = stream.read(12)
+                if len(entry) < 12:
+                    return None
+                tag, kind = int.from_bytes(entry[:2], order), int.from_bytes(entry[2:4], order)
+                if tag in (256, 257) and kind in (3, 4):  # ImageWidth, ImageLength
+                    width = 2 if kind == 3 else 4
+                    found[tag] = int.from_bytes(entry[8 : 8 + width], order)
+    except OSError:
+        return None
+    return (found[256], found[257]) if len(found) == 2 else None
+
+
+def magic_format(head: bytes) -> str | None:
+    return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+
+
+def _header_size(path: Path, fmt: str, max_pixels: int | None) -> tuple[int, int]:
+    """(width, height) from the header; Pillow reads headers without decoding pixels."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: our limit applies
+            with PIL.Image.open(path) as im:
+                return int(im.width), int(im.height)
+    except PIL.Image.DecompressionBombError:
+        # Pillow's own cap (2 x MAX_IMAGE_PIXELS) is below the caller's: over it either way
+        # unless the caller allows more, then the decoder (OpenCV) has the last word.
+        cap = 2 * (PIL.Image.MAX_IMAGE_PIXELS or 0)
+        if max_pixels is not None and max_pixels <= cap:
+            raise InputError(
+                path,
+                f"has over {cap / 1e6:.0f} MP, over the limit of {max_pixels / 1e6:g} MP per "
+                "image (--max-pixels); downsize it or raise the limit",
+            ) from None
+        raise InputError(
+            path, f"has over {cap / 1e6:.0f} MP, more than textmef can open safely"
+        ) from None
+    except Exception:  # Pillow signals broken headers with many types
+        size = _tiff_size(path) if fmt == "TIFF" else None
+        if size is None:
+            raise InputError(path, f"is a damaged {fmt} file (its header cannot be read)") from None
+        return size  # a TIFF Pillow does not decode (e.g. floating point); OpenCV may
+
+
+def _check_readable_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(path, "no such file")
+    if path.is_dir():
+        raise InputError(path, "is a directory, not an image file")
+    _check_suffix(path)
+    if not os.access(path, os.R_OK):
+        raise InputError(path, "cannot be read (permission denied)")
+
+
+def _check_suffix(path: Path) -> None:
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        wanted = ", ".join(sorted(SUPPORTED_SUFFIXES))
+        shown = path.suffix or "no suffix"
+        raise InputError(path, f"unsupported file type ({shown}); use one of {wanted}")
+
+
+def check_output_file(
+    path: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]] = ()
+) -> Path:
+    """Check, before any work, that an image can be written to ``path``.
+
+    Args:
+        path: the output file; its suffix picks the format.
+        inputs: files the output must not replace (compared after resolving links).
+
+    Raises:
+        InputError: unsupported suffix, missing or read-only folder, a directory in the way,
+            or ``path`` is one of ``inputs``.
+    """
+    path = Path(path)
+    _check_output_path(path)
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise InputError(path, f"cannot be written: the folder {path.parent} is read-only")
+    for source in inputs:
+        if same_file(path, source):
+            raise InputError(path, "is also an input; writing it would destroy that input")
+    return path
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name the same file (links and ``..`` resolved; hard links too)."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _check_output_path(path: Path) -> None:
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        wanted = ", ".join(sorted(SUPPORTED_SUFFIXES))
+        raise InputError(path, f"cannot write {suffix or 'a file without suffix'}; use {wanted}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(path, f"output directory {parent} does not exist")
+    if path.is_dir():
+        raise InputError(path, "is a directory; give a file name to write")
+
+
+# `.NAME.<pid>-<32 hex>.tmp`: the pid tells a killed writer's leftovers from a live one's.
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)-[0-9a-f]{32}\.tmp$")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
+
+    The temporary file shares the target's directory so os.replace is a same-filesystem
+    rename, and its name starts with a dot so a half-written file is not mistaken for
+    output. On any error it is removed and ``path`` is left as it was. A process killed
+    mid-write (SIGKILL) cannot remove it; :func:`remove_stale_temp_files` does, later.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: leave its files alone
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files that killed writers left in ``folder`` (not recursive).
+
+    Only files named as :func:`atomic_path` names them, whose writing process no longer
+    runs, are removed; a live writer's temporary file is never touched.
+
+    Returns:
+        The files removed.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TEMP_NAME.match(entry.name)
+        if match and entry.is_file() and not _process_alive(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
