@@ -91,7 +91,10 @@ def check_image_file(
     fmt = magic_format(head)
     if fmt is None:
         raise InputError(path, "is not a PNG, TIFF or JPEG image")
-    width, height = _png_size(head) if fmt == "PNG" else _header_size(path, fmt, max_pixels)
+    if fmt == "PNG":
+        width, height, layout = _png_header(head)
+    else:
+        width, height, layout = _header_size(path, fmt, max_pixels)
     header = ImageHeader(path=path, width=width, height=height, format=fmt)
     if max_pixels is not None and header.pixels > max_pixels:
         raise InputError(
@@ -104,14 +107,31 @@ def check_image_file(
             path,
             f"is only {header.size_text} pixels; each side must be at least {MIN_SIDE} pixels",
         )
+    if layout == "gray":
+        raise InputError(path, GRAYSCALE_PROBLEM)
+    if layout == "alpha":
+        raise InputError(path, ALPHA_PROBLEM)
     return header
 
 
-def _png_size(head: bytes) -> tuple[int, int]:
-    # The signature is followed by the IHDR chunk: length, type, then width and height.
-    if len(head) < 24 or head[12:16] != b"IHDR":
-        return 0, 0  # reported as too small below; the decoder would fail on it anyway
-    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+GRAYSCALE_PROBLEM = "is a grayscale image; textmef needs RGB colour images"
+ALPHA_PROBLEM = (
+    "has an alpha channel (transparency); textmef needs plain RGB, "
+    "so flatten the image onto a background first"
+)
+# PNG colour types (IHDR byte 25) and Pillow modes that are not plain colour.
+_PNG_LAYOUT = {0: "gray", 4: "gray", 6: "alpha"}
+_MODE_LAYOUT = {"1": "gray", "L": "gray", "I": "gray", "I;16": "gray", "I;16B": "gray",
+                "F": "gray", "LA": "gray", "RGBA": "alpha", "PA": "alpha"}  # fmt: skip
+
+
+def _png_header(head: bytes) -> tuple[int, int, str | None]:
+    # The signature is followed by the IHDR chunk: length, type, width, height, bit depth,
+    # colour type.
+    if len(head) < 26 or head[12:16] != b"IHDR":
+        return 0, 0, None  # reported as too small below; the decoder would fail on it anyway
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return width, height, _PNG_LAYOUT.get(head[25])
 
 
 def _tiff_size(path: Path) -> tuple[int, int] | None:
@@ -140,13 +160,13 @@ def magic_format(head: bytes) -> str | None:
     return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
 
 
-def _header_size(path: Path, fmt: str, max_pixels: int | None) -> tuple[int, int]:
-    """(width, height) from the header; Pillow reads headers without decoding pixels."""
+def _header_size(path: Path, fmt: str, max_pixels: int | None) -> tuple[int, int, str | None]:
+    """(width, height, layout) from the header; Pillow reads headers without decoding."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning: our limit applies
             with PIL.Image.open(path) as im:
-                return int(im.width), int(im.height)
+                return int(im.width), int(im.height), _MODE_LAYOUT.get(im.mode)
     except PIL.Image.DecompressionBombError:
         # Pillow's own cap (2 x MAX_IMAGE_PIXELS) is below the caller's: over it either way
         # unless the caller allows more, then the decoder (OpenCV) has the last word.
@@ -164,7 +184,7 @@ def _header_size(path: Path, fmt: str, max_pixels: int | None) -> tuple[int, int
         size = _tiff_size(path) if fmt == "TIFF" else None
         if size is None:
             raise InputError(path, f"is a damaged {fmt} file (its header cannot be read)") from None
-        return size  # a TIFF Pillow does not decode (e.g. floating point); OpenCV may
+        return (*size, None)  # a TIFF Pillow does not decode (e.g. floating point); OpenCV may
 
 
 def _check_readable_file(path: Path) -> None:

@@ -25,6 +25,8 @@ import torch
 
 from textmef.errors import InputError
 from textmef.files import (
+    ALPHA_PROBLEM,
+    GRAYSCALE_PROBLEM,
     SUPPORTED_SUFFIXES,
     ImageHeader,
     _check_output_path,
@@ -303,13 +305,9 @@ def _bit_depth(path: Path, dtype: np.dtype) -> int:
 def _check_layout(path: Path, raw: np.ndarray) -> None:
     channels = 1 if raw.ndim == 2 else raw.shape[2]
     if channels < 3:
-        raise InputError(path, "is a grayscale image; textmef needs RGB colour images")
+        raise InputError(path, GRAYSCALE_PROBLEM)
     if channels == 4:
-        raise InputError(
-            path,
-            "has an alpha channel (transparency); textmef needs plain RGB, "
-            "so flatten the image onto a background first",
-        )
+        raise InputError(path, ALPHA_PROBLEM)
     if channels != 3:
         raise InputError(path, f"has {channels} channels; textmef needs RGB (3 channels)")
     height, width = raw.shape[:2]
