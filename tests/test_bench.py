@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -378,3 +382,49 @@ def test_cli_bench_reports_bad_input_in_one_line(tmp_path, capsys):
     assert rc == 2 and err.startswith("textmef: error:") and "no such data folder" in err
     rc = main(["bench", str(tmp_path), "-o", str(tmp_path / "r"), "--methods", "x"])
     assert rc == 2 and "unknown method" in capsys.readouterr().err
+
+
+# ---- faults -------------------------------------------------------------------------------
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_bench_removes_temporary_files_of_a_killed_run(dataset, tmp_path):
+    config = BenchConfig(data=dataset, out=tmp_path / "r", methods=("mean",), metrics=("EN",))
+    run_bench(config, log=lambda line: None)
+    pid = dead_pid()
+    stale = [
+        config.out / f".scores.json.{pid}-{'a' * 32}.tmp",
+        config.out / "plots" / f".EN.png.{pid}-{'b' * 32}.tmp",
+        config.out / "grids" / f".scene0.jpg.{pid}-{'c' * 32}.tmp",
+        config.out / "fused" / "mean" / f".scene1.png.{pid}-{'d' * 32}.tmp",
+    ]
+    live = config.out / "fused" / "mean" / f".scene2.png.{os.getpid()}-{'e' * 32}.tmp"
+    for path in (*stale, live):
+        path.write_bytes(b"half")
+    lines = []
+    run_bench(config, log=lines.append)
+    assert not any(p.exists() for p in stale) and live.exists()
+    names = ", ".join(p.relative_to(config.out).as_posix() for p in stale)
+    assert f"removed 4 temporary files left by an interrupted run: {names}" in lines
+
+
+def test_eval_removes_temporary_files_of_a_killed_run(dataset, tmp_path, caplog):
+    fused = tmp_path / "fused"
+    fused.mkdir()
+    io.write_image(fused / "scene0.png", scene(0) * 0.7, 8)
+    out = tmp_path / "e"
+    out.mkdir()
+    stale = out / f".eval.csv.{dead_pid()}-{'a' * 32}.tmp"
+    live = out / f".summary.md.{os.getpid()}-{'b' * 32}.tmp"
+    stale.write_bytes(b"half")
+    live.write_bytes(b"half")
+    caplog.set_level(logging.INFO, logger="textmef")
+    run_eval(fused, dataset / "under", dataset / "over", out, metrics=("EN",))
+    assert not stale.exists() and live.exists()
+    assert f"removed 1 temporary file left by an interrupted run: {stale.name}" in caplog.messages

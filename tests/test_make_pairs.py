@@ -1,6 +1,10 @@
 """``textmef make-pairs``: exposure stacks to (under, over, pseudo reference) triplets."""
 
 import json
+import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -376,3 +380,32 @@ def test_real_sequences(tmp_path):
         under, over, gt = (stacks.mean_luminance(images[k]) for k in ("under", "over", "gt"))
         assert under < gt < over, entry["source"]
         assert all(s is None or np.isfinite(s) for s in entry["reference"]["scores"].values())
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_temporary_files_of_a_killed_run_are_removed_at_the_next_run(tree, caplog):
+    out = tree.parent / "data"
+    make_pairs(tree, out, scorer=mean_scorer)
+    pid = dead_pid()
+    stale = [
+        out / f".manifest.json.{pid}-{'a' * 32}.tmp",
+        out / "under" / f".groupA_s1.png.{pid}-{'b' * 32}.tmp",
+        out / "gt" / f".groupB_deep_s2.png.{pid}-{'c' * 32}.tmp",
+    ]
+    live = out / "over" / f".groupA_s1.png.{os.getpid()}-{'d' * 32}.tmp"
+    for path in (*stale, live):
+        path.write_bytes(b"half")
+    caplog.set_level(logging.INFO, logger="textmef")
+    make_pairs(tree, out, PairOptions(skip_existing=True), scorer=mean_scorer)
+    assert not any(p.exists() for p in stale) and live.exists()
+    assert (
+        "removed 3 temporary files left by an interrupted run: .manifest.json."
+        f"{pid}-{'a' * 32}.tmp, under/.groupA_s1.png.{pid}-{'b' * 32}.tmp, "
+        f"gt/.groupB_deep_s2.png.{pid}-{'c' * 32}.tmp"
+    ) in caplog.messages

@@ -1,5 +1,9 @@
 """Stage 1 training on synthetic dark / bright / mid-grey images with the tiny CLIP."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -204,3 +208,43 @@ def test_an_empty_class_is_refused(tiny_clip, exposure_folders, tmp_path):
     folders = dict(exposure_folders, well=[])
     with pytest.raises(InputError, match="no well-exposed images"):
         train_prompts(tiny_clip, "x", folders, FAST, tmp_path / "p.safetensors", tmp_path / "r")
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_temporary_files_of_a_killed_run_are_removed_from_both_folders(
+    tiny_clip, exposure_folders, tmp_path
+):
+    run, out = tmp_path / "run", tmp_path / "out"
+    run.mkdir()
+    out.mkdir()
+    pid = dead_pid()
+    stale = [
+        run / f".{STATE_FILE}.{pid}-{'a' * 32}.tmp",
+        out / f".prompts.safetensors.{pid}-{'b' * 32}.tmp",
+    ]
+    live = run / f".{FEATURES_FILE}.{os.getpid()}-{'c' * 32}.tmp"
+    for path in (*stale, live):
+        path.write_bytes(b"half")
+    lines = []
+    train_prompts(
+        tiny_clip,
+        clip_fingerprint(tiny_clip),
+        exposure_folders,
+        PromptTrainingConfig(mode="fixed", holdout=0.25),
+        out / "prompts.safetensors",
+        run,
+        resume=True,
+        progress=False,
+        report=lines.append,
+    )
+    assert not any(p.exists() for p in stale) and live.exists()
+    assert lines[0] == (
+        "removed 2 temporary files left by an interrupted run: "
+        f"{stale[0].absolute()}, {stale[1].absolute()}"
+    )

@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -364,3 +366,138 @@ def test_crops_are_exact_slices_of_the_read_images(data_root):
         if torch.equal(full[:, t : t + 16, left : left + 16], under)
     ]
     assert len(matches) == 1
+
+
+# ---- faults -------------------------------------------------------------------------------
+# Runs `textmef train` with torch.save replaced: the Nth write of the training state writes
+# the first half of the real bytes to its temporary file, then SIGKILLs its own process.
+KILLED_DURING_A_STATE_WRITE = """
+import io, os, signal, sys
+import torch
+from textmef.cli import main
+
+real_save, kill_at, writes = torch.save, int(sys.argv[1]), 0
+
+def save(obj, f, *args, **kwargs):
+    global writes
+    if os.path.basename(f).startswith(".state.pt."):
+        writes += 1
+        if writes == kill_at:
+            buffer = io.BytesIO()
+            real_save(obj, buffer, *args, **kwargs)
+            with open(f, "wb") as stream:
+                stream.write(buffer.getvalue()[: buffer.tell() // 2])
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+
+torch.save = save
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def train_args(data_root: Path, out: Path, steps: int = 4) -> list[str]:
+    return [
+        "train",
+        "--data.root",
+        str(data_root),
+        "--data.crop",
+        "16",
+        "--data.val_fraction",
+        "0",
+        "--model.name",
+        "textmef-tiny",
+        "--optim.batch_size",
+        "2",
+        "--optim.steps",
+        str(steps),
+        "--optim.milestones",
+        "0.5",
+        "--run.out",
+        str(out),
+        "--run.seed",
+        "3",
+        "--run.save_every",
+        "1",
+        "--run.log_every",
+        "1",
+        "--run.threads",
+        "1",
+    ]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX-only")
+def test_a_run_killed_while_writing_its_state_resumes_and_leaves_no_temporary_file(
+    data_root, tmp_path
+):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # The uninterrupted run goes alongside the one that will be killed (same settings).
+    straight = subprocess.Popen(
+        [sys.executable, "-m", "textmef", *train_args(data_root, tmp_path / "straight")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    run = tmp_path / "run"
+    killed = subprocess.Popen(
+        [sys.executable, "-c", KILLED_DURING_A_STATE_WRITE, "2", *train_args(data_root, run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    killed_output, _ = killed.communicate(timeout=120)
+    straight_output, _ = straight.communicate(timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed_output[-3000:]
+    assert straight.returncode == 0, straight_output[-3000:]
+
+    # The kill left a half-written state under a temporary name; state.pt is still step 1.
+    (leftover,) = run.glob(".state.pt.*.tmp")
+    assert re.fullmatch(rf"\.state\.pt\.{killed.pid}-[0-9a-f]{{32}}\.tmp", leftover.name)
+    assert 0 < leftover.stat().st_size < (run / "state.pt").stat().st_size
+    assert torch.load(run / "state.pt", map_location="cpu", weights_only=True)["step"] == 1
+    # A temporary file of a live writer (this process) must survive the clean-up.
+    live = run / f".log.csv.{os.getpid()}-{'0' * 32}.tmp"
+    live.write_bytes(b"")
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "textmef", *train_args(data_root, run), "--resume"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    output = resumed.stdout + resumed.stderr
+    assert f"removed 1 temporary file left by an interrupted run: {leftover.name}" in output, output
+    assert "resuming at step 1 of 4" in output
+    assert not leftover.exists() and live.exists()
+    assert sorted(p.name for p in run.glob(".*")) == [live.name]
+    assert json.loads((run / "summary.json").read_text())["steps"] == 4
+    expected = load_file(tmp_path / "straight" / "last.safetensors")
+    got = load_file(run / "last.safetensors")
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_a_new_run_removes_temporary_files_of_dead_writers_only(data_root, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = run / f".state.pt.{dead_pid()}-{'a' * 32}.tmp"
+    live = run / f".state.pt.{os.getpid()}-{'b' * 32}.tmp"
+    dead.write_bytes(b"half")
+    live.write_bytes(b"half")
+    lines = []
+    train(tiny_config(data_root, run, steps=1), progress=False, report=lines.append)
+    assert not dead.exists() and live.exists()
+    assert f"removed 1 temporary file left by an interrupted run: {dead.name}" in lines

@@ -170,7 +170,8 @@ def run_eval(
     """Score every fused image in ``fused_dir`` against its sources (and reference).
 
     Writes ``out/eval.csv`` (one row per image) and ``out/summary.md`` /
-    ``out/summary.csv`` (mean ± std per metric).
+    ``out/summary.csv`` (mean ± std per metric). Temporary files that a killed run left
+    in ``out`` are removed first (and logged).
 
     Args:
         fused_dir: fused images, named like their sources (see :func:`match_fused`).
@@ -185,6 +186,16 @@ def run_eval(
     Raises:
         InputError: missing folders, no fused image matching a source pair, size mismatches.
     """
+    removed = io.remove_stale_temp_files(out)  # left by a run killed mid-write
+    if removed:
+        import logging
+
+        logging.getLogger(__name__).info(
+            "removed %d temporary file%s left by an interrupted run: %s",
+            len(removed),
+            "s" if len(removed) > 1 else "",
+            ", ".join(p.name for p in removed),
+        )
     progress = progress or (lambda items, desc=None: items)
     specs = _resolve(metrics, gt_dir is not None)
     unders = {p.stem: p for p in list_images(under_dir)}
@@ -478,7 +489,8 @@ def run_bench(
     Args:
         config: what to run.
         progress: ``progress(items, desc=...)`` wraps loops (e.g. ``tqdm``); default none.
-        log: receives one-line notes (reused outputs, skipped methods).
+        log: receives one-line notes (reused outputs, skipped methods, temporary files
+            of a killed run that were removed).
 
     Returns:
         Per-(method, scene) rows and the per-method summary; ``skipped`` maps methods that
@@ -487,6 +499,17 @@ def run_bench(
     Raises:
         InputError: bad data folder, unknown method or metric, no runnable method.
     """
+    # A run killed mid-write (SIGKILL) leaves temporary files behind: remove them from the
+    # report folder and the folders of fused images, plots and grids.
+    out = config.out
+    written = [out, out / "plots", out / "grids"]
+    written += sorted(p for p in (out / "fused").glob("*") if p.is_dir())
+    removed = [p for folder in written for p in io.remove_stale_temp_files(folder)]
+    if removed:
+        log(
+            f"removed {len(removed)} temporary file{'s' if len(removed) > 1 else ''} left by "
+            f"an interrupted run: {', '.join(p.relative_to(out).as_posix() for p in removed)}"
+        )
     progress = progress or (lambda items, desc=None: items)
     known = list_methods()
     unknown = [m for m in config.methods if m not in known]

@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from textmef.errors import InputError
-from textmef.io import SUPPORTED_SUFFIXES
+from textmef.files import SUPPORTED_SUFFIXES
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -44,6 +42,8 @@ def split_holdout(
     count = round(len(items) * fraction)
     if fraction > 0 and len(items) >= 2:
         count = min(max(count, 1), len(items) - 1)
+    import torch  # here, not at the top: listing folders must stay cheap for the CLI
+
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
     held = sorted(order[:count])
     train = [items[i] for i in range(len(items)) if i not in set(held)]

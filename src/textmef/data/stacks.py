@@ -405,7 +405,8 @@ def make_pairs(
     Writes ``out_dir/{under,over,gt}/NAME.png`` (16-bit when every frame of the stack is
     16-bit, else 8-bit) and ``out_dir/manifest.json``, which is rewritten after every
     stack so that an interrupted run can be resumed with ``skip_existing``. All writes
-    are atomic. The same input gives byte-identical files.
+    are atomic; temporary files that a killed run left in those folders are removed
+    first. The same input gives byte-identical files.
 
     Args:
         stacks_dir: folder searched recursively for stacks.
@@ -431,6 +432,20 @@ def make_pairs(
         raise InputError(out, "exists and is not a folder")
     for kind in OUTPUT_KINDS:
         (out / kind).mkdir(parents=True, exist_ok=True)
+    # A run killed mid-write (SIGKILL) leaves its temporary files behind: remove those in
+    # out/ (the manifest's folder) and in under/, over/ and gt/.
+    removed = [
+        path
+        for folder in (out, *(out / kind for kind in OUTPUT_KINDS))
+        for path in io.remove_stale_temp_files(folder)
+    ]
+    if removed:
+        log.info(
+            "removed %d temporary file%s left by an interrupted run: %s",
+            len(removed),
+            "s" if len(removed) > 1 else "",
+            ", ".join(path.relative_to(out).as_posix() for path in removed),
+        )
     previous = _previous_entries(out / MANIFEST_NAME) if options.skip_existing else {}
 
     manifest: dict[str, Any] = {

@@ -196,6 +196,9 @@ def train_prompts(
 ) -> PromptTrainingResult:
     """Learn prompts and write them to ``output``; state and feature cache go to ``run_dir``.
 
+    Temporary files that a killed run left in ``run_dir`` or next to ``output`` are removed
+    first (see :func:`textmef.io.remove_stale_temp_files`).
+
     Args:
         clip: A frozen CLIP (its device is the training device).
         fingerprint: ``clip_fingerprint(clip)``, stored with the prompts and the state.
@@ -205,7 +208,8 @@ def train_prompts(
         run_dir: Where the resumable state and the feature cache live.
         resume: Continue the run whose state is in ``run_dir``.
         progress: Show progress bars.
-        report: Receives one line per epoch (loss, training and held-out accuracy).
+        report: Receives one line per epoch (loss, training and held-out accuracy), and
+            one naming the temporary files of a killed run that were removed, if any.
         info: Extra facts to store in the prompts file (e.g. the CLIP file's name).
     """
     started = time.perf_counter()
@@ -214,6 +218,7 @@ def train_prompts(
             raise InputError(None, f"no {exposure}-exposed images given")
     clip = clip.eval().requires_grad_(False)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_files([run_dir, output.parent], report)
     views = DIHEDRAL_VIEWS if config.augment else 1
 
     train_paths: list[Path] = []
@@ -328,6 +333,18 @@ def train_prompts(
     stored.update(info or {})
     result.output = save_prompts(output, learner, clip, fingerprint, stored)
     return result
+
+
+def _remove_stale_temp_files(folders: Sequence[Path], report: Callable[[str], None]) -> None:
+    """Remove the temporary files that a killed run (e.g. SIGKILL mid-write) left behind."""
+    removed: list[Path] = []
+    for folder in dict.fromkeys(f.absolute() for f in folders):
+        removed += io.remove_stale_temp_files(folder)
+    if removed:
+        report(
+            f"removed {len(removed)} temporary file{'s' if len(removed) > 1 else ''} left by "
+            f"an interrupted run: {', '.join(str(p) for p in removed)}"
+        )
 
 
 # ---- resumable state -------------------------------------------------------------------

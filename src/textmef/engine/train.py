@@ -10,7 +10,8 @@ Run folder layout (``run.out``)::
     log.csv              one row per logged step and per validation
     summary.json         final figures (validation PSNR/SSIM next to Mertens, wall time)
 
-Only rank 0 writes. Every file is written to a temporary name and renamed.
+Only rank 0 writes. Every file is written to a temporary name and renamed; a temporary
+file that a killed run left behind is removed when the run starts or resumes.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from textmef.data.triplets import (
 )
 from textmef.engine.config import TrainConfig
 from textmef.errors import CheckpointError, InputError, TextmefError
-from textmef.io import atomic_path
+from textmef.io import atomic_path, remove_stale_temp_files
 from textmef.models import FusionNetConfig, model_config
 from textmef.models.fusionnet import FusionNet
 
@@ -153,6 +154,16 @@ def _atomic_torch_save(obj: dict, path: Path) -> None:
 def _atomic_text(text: str, path: Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def _remove_stale_temp_files(out: Path, report: Callable[[str], None]) -> None:
+    """Remove the temporary files a killed run (e.g. SIGKILL mid-write) left in ``out``."""
+    removed = remove_stale_temp_files(out)
+    if removed:
+        report(
+            f"removed {len(removed)} temporary file{'s' if len(removed) > 1 else ''} left by "
+            f"an interrupted run: {', '.join(sorted(p.name for p in removed))}"
+        )
 
 
 def _clip_loss(config: TrainConfig, device: torch.device, report: Callable[[str], None]):
@@ -280,6 +291,7 @@ def train(
             raise InputError(
                 out, "holds an earlier run; pass --resume to continue it, or choose another run.out"
             )
+        _remove_stale_temp_files(out, report)
     if not config.data.root:
         raise InputError(None, "no training data: set data.root (a folder with under/ over/ gt/)")
 
