@@ -873,10 +873,10 @@ def _load_model(args: argparse.Namespace) -> Any:
 
 
 def _output_folder(args: argparse.Namespace) -> Path:
-    """The folder-mode output folder, checked (never an input folder), created if missing."""
+    """The folder-mode output folder, checked (never an input folder); not created yet."""
     import os
 
-    from textmef.files import remove_stale_temp_files, same_file
+    from textmef.files import same_file
 
     out = args.output
     for source in (args.under, args.over):
@@ -890,24 +890,21 @@ def _output_folder(args: argparse.Namespace) -> Path:
         raise InputError(out, f"cannot be created: {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(out, f"cannot be written: {parent} is read-only")
-    out.mkdir(exist_ok=True)
-    for path in remove_stale_temp_files(out):
-        log.info("removed %s, left by an interrupted run", path.name)
     return out
 
 
 def _fuse_folders(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from textmef.files import check_output_file
+    from textmef.files import check_output_file, remove_stale_temp_files
     from textmef.stack import check_stack_files
 
+    out = _output_folder(args)
     pairs = _pairs_from_folders(args.under, args.over)
     suffix = f".{args.ext.lstrip('.')}" if args.ext else None
-    jobs = [(u, o, args.output / (u.stem + (suffix or u.suffix))) for u, o in pairs]
+    jobs = [(u, o, out / (u.stem + (suffix or u.suffix))) for u, o in pairs]
     if suffix:  # one bad --ext fails the whole run at once
-        check_output_file(jobs[0][2].with_name("x" + suffix))
-    out = _output_folder(args)
+        check_output_file(out / f"x{suffix}", folder_made_later=True)
     if args.skip_existing:
         done = [j for j in jobs if j[2].exists()]
         jobs = [j for j in jobs if not j[2].exists()]
@@ -916,12 +913,16 @@ def _fuse_folders(args: argparse.Namespace) -> int:
     failures, ready = 0, []
     for under, over, target in jobs:  # headers only: bad pairs are reported before fusing
         try:
-            check_output_file(target, inputs=(under, over))
+            check_output_file(target, inputs=(under, over), folder_made_later=True)
             check_stack_files([under, over], args.max_pixels)
             ready.append((under, over, target))
         except InputError as exc:
             failures += 1
             print(f"textmef: error: {exc}", file=sys.stderr)
+    if ready:
+        out.mkdir(exist_ok=True)
+        for path in remove_stale_temp_files(out):
+            log.info("removed %s, left by an interrupted run", path.name)
     model = _load_model(args) if ready else None
     for under, over, target in tqdm(ready, desc="fusing", unit="pair", disable=None):
         try:

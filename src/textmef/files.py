@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import PIL.Image
 
@@ -138,7 +139,7 @@ def _tiff_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from the first directory of a classic TIFF, or None if unreadable."""
     try:
         with open(path, "rb") as stream:
-            order = "little" if stream.read(2) == b"II" else "big"
+            order: Literal["little", "big"] = "little" if stream.read(2) == b"II" else "big"
             stream.seek(4)
             stream.seek(int.from_bytes(stream.read(4), order))
             count = int.from_bytes(stream.read(2), order)
@@ -205,22 +206,30 @@ def _check_suffix(path: Path) -> None:
 
 
 def check_output_file(
-    path: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]] = ()
+    path: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]] = (),
+    *,
+    folder_made_later: bool = False,
 ) -> Path:
     """Check, before any work, that an image can be written to ``path``.
 
     Args:
         path: the output file; its suffix picks the format.
         inputs: files the output must not replace (compared after resolving links).
+        folder_made_later: the caller creates the folder after its checks (and has checked
+            that it can); only the suffix and the inputs are checked then.
 
     Raises:
         InputError: unsupported suffix, missing or read-only folder, a directory in the way,
             or ``path`` is one of ``inputs``.
     """
     path = Path(path)
-    _check_output_path(path)
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise InputError(path, f"cannot be written: the folder {path.parent} is read-only")
+    if folder_made_later and not path.parent.exists():
+        _check_output_suffix(path)
+    else:
+        _check_output_path(path)
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise InputError(path, f"cannot be written: the folder {path.parent} is read-only")
     for source in inputs:
         if same_file(path, source):
             raise InputError(path, "is also an input; writing it would destroy that input")
@@ -238,11 +247,15 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
         return False
 
 
-def _check_output_path(path: Path) -> None:
+def _check_output_suffix(path: Path) -> None:
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         wanted = ", ".join(sorted(SUPPORTED_SUFFIXES))
         raise InputError(path, f"cannot write {suffix or 'a file without suffix'}; use {wanted}")
+
+
+def _check_output_path(path: Path) -> None:
+    _check_output_suffix(path)
     parent = path.parent
     if not parent.is_dir():
         raise InputError(path, f"output directory {parent} does not exist")
