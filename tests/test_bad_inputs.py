@@ -323,3 +323,30 @@ def test_make_pairs_skips_a_stack_with_a_bad_frame_naming_it(name, corpus, tmp_p
     assert sorted(p.name for p in (out / "gt").iterdir()) == ["good.png"]
     assert _snapshot(stacks) == before
     assert "libpng" not in capsys.readouterr().err
+
+
+def test_make_pairs_bench_and_eval_take_a_pixel_limit(corpus, tmp_path, capsys):
+    import json
+
+    stacks, data = tmp_path / "stacks", tmp_path / "data"
+    folder = stacks / "s"
+    folder.mkdir(parents=True)
+    for i, source in enumerate(("under.png", "over.png")):
+        (folder / f"{i}.png").write_bytes(corpus[source].read_bytes())
+    args = ["make-pairs", str(stacks), "-o", str(data), "--reference", "mertens"]
+    assert main([*args, "--max-pixels", "1000"]) == 2
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert "over the limit of 0.001 MP" in manifest["skipped"][0]["reason"]
+    capsys.readouterr()
+    assert main(args) == 0
+    report = tmp_path / "report"
+    bench = ["bench", str(data), "-o", str(report), "--methods", "mean", "--max-pixels", "1000"]
+    assert main(bench) == 2
+    assert "is 64x48 pixels" in _one_line_error(capsys)
+    assert not (report / "fused" / "mean").exists()  # refused before fusing anything
+    evaluate = ["eval", str(data / "gt"), "--under", str(data / "under"), "--over"]
+    assert (
+        main([*evaluate, str(data / "over"), "-o", str(tmp_path / "e"), "--max-pixels", "1000"])
+        == 2
+    )
+    assert "over the limit" in _one_line_error(capsys)

@@ -160,6 +160,7 @@ def test_make_pairs_writes_triplets_and_a_manifest(tree):
         "reference": "best",
         "max_side": None,
         "align": False,
+        "max_pixels": 100_000_000,
     }
     s1, s2 = manifest["stacks"]
     assert (s1["source"], s1["name"], s1["size"]) == ("groupA/s1", "groupA_s1", [64, 48])

@@ -71,14 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"overlap between tiles in pixels (default {DEFAULT_OVERLAP})",
     )
     fuse.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
-    fuse.add_argument(
-        "--max-pixels",
-        type=positive_int,
-        default=DEFAULT_MAX_PIXELS,
-        metavar="N",
-        help="largest image accepted, width x height, checked from the file header before "
-        f"decoding (default {DEFAULT_MAX_PIXELS:_})",
-    )
+    _add_max_pixels(fuse)
     fuse.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     fuse.add_argument(
         "--skip-existing",
@@ -117,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_info(sub)
     return parser
+
+
+def _add_max_pixels(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="largest image accepted, width x height, checked from the file header before "
+        f"decoding (default {DEFAULT_MAX_PIXELS:_})",
+    )
 
 
 def _add_convert(sub: Any) -> None:
@@ -527,6 +531,7 @@ def _add_make_pairs(sub) -> None:
         help="register every frame to the middle exposure first (hand-held "
         "brackets) and crop to the common area; motions go to the manifest",
     )
+    _add_max_pixels(p)
     p.set_defaults(run=_cmd_make_pairs)
 
 
@@ -548,6 +553,7 @@ def _cmd_make_pairs(args: argparse.Namespace) -> int:
         max_side=args.max_side,
         skip_existing=args.skip_existing,
         align=args.align,
+        max_pixels=args.max_pixels,
     )
     start = time.perf_counter()
     with logging_redirect_tqdm():  # warnings about skipped folders print above the bar
@@ -597,6 +603,7 @@ def _add_eval(sub) -> None:
     )
     p.add_argument("--label", help="method name in the reports (default: FUSED_DIR's name)")
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
+    _add_max_pixels(p)
     p.set_defaults(run=_cmd_eval)
 
 
@@ -614,6 +621,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         label=args.label,
         progress=_progress,
+        max_pixels=args.max_pixels,
     )
     print(summary_markdown(result.summary, result.columns), end="")
     print(
@@ -704,6 +712,7 @@ def _add_bench(sub) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda for the network (default cpu)")
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
+    _add_max_pixels(p)
     p.set_defaults(run=_cmd_bench)
 
 
@@ -732,6 +741,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         limit=args.limit,
         method_options=options,
+        max_pixels=args.max_pixels,
     )
     result = run_bench(config, progress=_progress, log=lambda line: print(line, flush=True))
     print(summary_markdown(result.summary, result.columns), end="")

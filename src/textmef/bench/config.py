@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from textmef.limits import DEFAULT_MAX_PIXELS
 from textmef.methods import DEFAULT_METHODS, MethodOptions
 
 __all__ = ["SPLITS", "BenchConfig"]
@@ -31,6 +32,8 @@ class BenchConfig:
         metrics: metric names, or None for every metric the data allows.
         limit: only the first N scenes (by name) after splitting; None for all.
         method_options: how to build the network method.
+        max_pixels: the most pixels per input image, checked from every file's header
+            before anything is fused (None: no limit).
         grid_height: thumbnail height of the per-scene grids.
     """
 
@@ -44,4 +47,5 @@ class BenchConfig:
     metrics: tuple[str, ...] | None = None
     limit: int | None = None
     method_options: MethodOptions = field(default_factory=MethodOptions)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
     grid_height: int = 240

@@ -36,6 +36,7 @@ from textmef.bench.scoring import MetricSpec, resolve_metrics, score_image
 from textmef.data.folders import list_images
 from textmef.data.triplets import find_triplets, split_by_sequence
 from textmef.errors import InputError
+from textmef.limits import DEFAULT_MAX_PIXELS
 from textmef.methods import build_method, list_methods, method_description, unavailable_reason
 
 __all__ = ["SPLITS", "BenchConfig", "EvalResult", "match_fused", "run_bench", "run_eval"]
@@ -64,7 +65,8 @@ class EvalResult:
 
 
 def _load(path: Path) -> tuple[torch.Tensor, int]:
-    image = io.read_image(path)
+    # Inputs passed _check_headers (with the run's pixel limit) before anything was fused.
+    image = io.read_image(path, max_pixels=None)
     return io.to_tensor(image.pixels), image.bit_depth
 
 
@@ -166,6 +168,7 @@ def run_eval(
     metrics: Sequence[str] | None = None,
     label: str | None = None,
     progress: Progress | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> EvalResult:
     """Score every fused image in ``fused_dir`` against its sources (and reference).
 
@@ -182,6 +185,8 @@ def run_eval(
         metrics: metric names (None: all that apply).
         label: the method's name in the reports (default: the fused folder's name).
         progress: ``progress(items, desc=...)`` wraps the loop (e.g. ``tqdm``).
+        max_pixels: the most pixels per image, checked from every file's header before
+            anything is scored (None: no limit).
 
     Raises:
         InputError: missing folders, no fused image matching a source pair, size mismatches.
@@ -218,6 +223,10 @@ def run_eval(
                 gt_dir, f"no reference for {len(missing)} scene(s): {', '.join(missing[:5])}"
             )
     label = label or fused_dir.name
+    _check_headers(
+        [p for name in fused for p in (unders[name], overs[name], fused[name], gts.get(name))],
+        max_pixels,
+    )
     rows = []
     for name in progress(sorted(fused), desc="scoring"):
         paths = {"under": unders[name], "over": overs[name], "fused": fused[name]}
@@ -280,7 +289,8 @@ def select_scenes(config: BenchConfig) -> list[Scene]:
         if not scenes:
             raise InputError(config.data, f"the {config.split} split is empty")
     scenes = scenes[: config.limit] if config.limit else scenes
-    return [_darkest_first(s) for s in scenes] if config.stacks else scenes
+    _check_headers([p for s in scenes for p in (*s.frames, s.gt)], config.max_pixels)
+    return [_darkest_first(s, config.max_pixels) for s in scenes] if config.stacks else scenes
 
 
 def _stack_scenes(root: Path, references: Path | None) -> list[Scene]:
@@ -306,10 +316,19 @@ def _stack_scenes(root: Path, references: Path | None) -> list[Scene]:
     return scenes
 
 
-def _darkest_first(scene: Scene) -> Scene:
+def _check_headers(paths: Sequence[Path | None], max_pixels: int | None) -> None:
+    """Every input's header (type, size, pixel limit) before anything is decoded."""
+    from textmef.files import check_image_file
+
+    for path in paths:
+        if path is not None:
+            check_image_file(path, max_pixels)
+
+
+def _darkest_first(scene: Scene, max_pixels: int | None) -> Scene:
     from textmef.stack import load_frames, order_frames
 
-    frames = load_frames(scene.frames)
+    frames = load_frames(scene.frames, max_pixels)
     order, _ = order_frames(frames)
     return Scene(scene.name, tuple(scene.frames[i] for i in order), scene.gt)
 

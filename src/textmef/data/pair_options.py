@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from textmef.errors import InputError
+from textmef.limits import DEFAULT_MAX_PIXELS
 
 __all__ = ["MANIFEST_NAME", "PICK_MODES", "REFERENCE_METHODS", "PairOptions"]
 
@@ -26,6 +27,8 @@ class PairOptions:
             else; None keeps the size.
         skip_existing: keep a stack's outputs and manifest entry when all three files and
             the entry of a previous run exist.
+        max_pixels: the most pixels per image, checked from the header before decoding
+            (None: no limit); a stack with a larger frame is skipped with the reason.
         align: register every frame to the middle exposure (:func:`textmef.align.
             align_frames`) and crop all to the common area before anything else.
     """
@@ -36,6 +39,7 @@ class PairOptions:
     max_side: int | None = None
     skip_existing: bool = False
     align: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if self.pick not in PICK_MODES:

@@ -155,12 +155,19 @@ def list_stack_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and _is_image_name(p.name))
 
 
-def load_stack(folder: str | os.PathLike[str], max_side: int | None = None) -> list[Frame]:
+def load_stack(
+    folder: str | os.PathLike[str],
+    max_side: int | None = None,
+    max_pixels: int | None = io.DEFAULT_MAX_PIXELS,
+) -> list[Frame]:
     """Read the frames of one stack, in file-name order.
+
+    Every file's header is checked (type, pixel limit, size) before any frame is decoded.
 
     Args:
         folder: the stack's folder.
         max_side: downsize (INTER_AREA) so that no side exceeds this; None keeps the size.
+        max_pixels: the most pixels per frame (None: no limit).
 
     Returns:
         The frames.
@@ -173,10 +180,11 @@ def load_stack(folder: str | os.PathLike[str], max_side: int | None = None) -> l
     paths = list_stack_images(folder)
     if len(paths) < 2:
         raise NotAStackError(folder, f"holds {len(paths)} image; a stack needs at least 2")
-    images = [io.read_image(p) for p in paths]
-    sizes = sorted({_size_text(im.pixels) for im in images})
+    headers = [io.check_image_file(p, max_pixels) for p in paths]
+    sizes = sorted({h.size_text for h in headers})
     if len(sizes) > 1:
         raise NotAStackError(folder, f"holds images of different sizes ({', '.join(sizes)})")
+    images = [io.read_image(p, max_pixels=None) for p in paths]  # checked just above
     frames = []
     for path, image in zip(paths, images):
         pixels = _downsize(image.pixels, max_side)
@@ -498,7 +506,7 @@ def _make_one(
     options: PairOptions,
     scorer: Scorer | None,
 ) -> dict:
-    frames, ordering = order_by_exposure(load_stack(folder, options.max_side))
+    frames, ordering = order_by_exposure(load_stack(folder, options.max_side, options.max_pixels))
     alignment = None
     if options.align:
         frames, alignment = _align(frames)
