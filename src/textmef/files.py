@@ -8,8 +8,10 @@ time of a command. :mod:`textmef.io` re-exports these names.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import threading
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
@@ -164,8 +166,7 @@ def magic_format(head: bytes) -> str | None:
 def _header_size(path: Path, fmt: str, max_pixels: int | None) -> tuple[int, int, str | None]:
     """(width, height, layout) from the header; Pillow reads headers without decoding."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # DecompressionBombWarning: our limit applies
+        with _quiet_pillow():  # DecompressionBombWarning among others: our limit applies
             with PIL.Image.open(path) as im:
                 return int(im.width), int(im.height), _MODE_LAYOUT.get(im.mode)
     except PIL.Image.DecompressionBombError:
@@ -186,6 +187,39 @@ def _header_size(path: Path, fmt: str, max_pixels: int | None) -> tuple[int, int
         if size is None:
             raise InputError(path, f"is a damaged {fmt} file (its header cannot be read)") from None
         return (*size, None)  # a TIFF Pillow does not decode (e.g. floating point); OpenCV may
+
+
+_PIL_LOG = logging.getLogger("PIL")
+_PIL_QUIET_LOCK = threading.Lock()
+_pil_quiet_users = 0
+_pil_saved_level = logging.NOTSET
+
+
+@contextlib.contextmanager
+def _quiet_pillow() -> Iterator[None]:
+    """Keep Pillow's own complaints about a bad file (warnings, log records) quiet.
+
+    The InputError's one line says what is wrong; Pillow would add a ``logging`` record
+    (e.g. "More samples per pixel than can be decoded: 8745" for a damaged TIFF) that an
+    application's log handler, or logging's last resort, prints on stderr. The "PIL"
+    logger is raised above CRITICAL while any thread is inside; a count of the threads
+    inside restores its level once, when the last one leaves.
+    """
+    global _pil_quiet_users, _pil_saved_level
+    with _PIL_QUIET_LOCK:
+        if _pil_quiet_users == 0:
+            _pil_saved_level = _PIL_LOG.level
+            _PIL_LOG.setLevel(logging.CRITICAL + 1)
+        _pil_quiet_users += 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        with _PIL_QUIET_LOCK:
+            _pil_quiet_users -= 1
+            if _pil_quiet_users == 0:
+                _PIL_LOG.setLevel(_pil_saved_level)
 
 
 def _check_readable_file(path: Path) -> None:

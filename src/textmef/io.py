@@ -13,10 +13,10 @@ import os
 import re
 import sys
 import threading
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -31,6 +31,7 @@ from textmef.files import (
     ImageHeader,
     _check_output_path,
     _check_readable_file,
+    _quiet_pillow,
     atomic_path,
     check_image_file,
     check_output_file,
@@ -110,6 +111,8 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
     path = Path(path)
     check_image_file(path, max_pixels)
     data = _read_bytes(path)
+    _check_png_chunks(path, data)
+    _check_jpeg_scans(path, data)
     raw = _decode(path, data, _INSPECT_FLAGS)
     bit_depth = _bit_depth(path, raw.dtype)
     _check_layout(path, raw)
@@ -227,6 +230,47 @@ def _read_bytes(path: Path) -> np.ndarray:
     return data
 
 
+# A progressive JPEG has ~10 scans; thousands of tiny ones make a small file take minutes.
+_MAX_JPEG_SCANS = 1000
+
+
+def _check_jpeg_scans(path: Path, data: np.ndarray) -> None:
+    """Refuse a JPEG with an absurd number of scans (start-of-scan markers) before decoding.
+
+    Entropy-coded data escapes every 0xFF byte, so ``FF DA`` only ever appears as a marker.
+    """
+    if magic_format(data[:8].tobytes()) != "JPEG":
+        return
+    scans = data.tobytes().count(b"\xff\xda")
+    if scans > _MAX_JPEG_SCANS:
+        raise InputError(
+            path,
+            f"is a JPEG of {scans} scans (a photo has a few dozen at most); refused, since "
+            "decoding it would take minutes",
+        )
+
+
+def _check_png_chunks(path: Path, data: np.ndarray) -> None:
+    """Refuse a PNG whose chunk lengths run past the end of the file, before decoding it.
+
+    OpenCV allocates a chunk's declared length up front: a 10 kB PNG claiming a 4 GB
+    IDAT chunk would cost 4 GB of memory on each decode. Walking the 8-byte chunk
+    headers up to IEND reads no pixel data.
+    """
+    if magic_format(data[:8].tobytes()) != "PNG":
+        return
+    view = data.data  # a memoryview of the bytes, no copy
+    pos, end = 8, len(view)
+    while pos + 8 <= end:
+        length = int.from_bytes(view[pos : pos + 4], "big")
+        kind = view[pos + 4 : pos + 8].tobytes()
+        pos += 12 + length  # length, type, data, CRC
+        if pos > end:
+            raise InputError(path, "is a damaged or truncated PNG file")
+        if kind == b"IEND":
+            return
+
+
 def _decode(path: Path, data: np.ndarray, flags: int) -> np.ndarray:
     try:
         with quiet_decoders():
@@ -246,9 +290,26 @@ def _undecodable_problem(data: np.ndarray) -> str:
 
 
 _STDERR_LOCK = threading.Lock()
+
+
+def _capture_file() -> BinaryIO:
+    """A scratch file for captured stderr: in memory where the OS allows (no path on disk,
+    so a server's "write only in the temp folder" rule holds), else a temporary file."""
+    if hasattr(os, "memfd_create"):
+        with contextlib.suppress(OSError):
+            return os.fdopen(os.memfd_create("textmef-stderr"), "w+b")
+    import tempfile
+
+    return tempfile.TemporaryFile()
+
+
 # What the decoders print on their own; anything else that reaches fd 2 meanwhile is passed on.
 _DECODER_NOISE = re.compile(
-    r"^(libpng |\[ ?(WARN|ERROR|INFO)[: ]|TIFF|JPEG|Corrupt JPEG|Premature end)"
+    r"^(libpng |\[ ?(WARN|ERROR|INFO)[: ]|TIFF|JPEG|Corrupt JPEG|Premature end"
+    # libjpeg's other warnings (JWRN_* in jerror.h), one line per decode of a damaged file
+    r"|Warning: unknown JFIF revision|Inconsistent progression sequence"
+    r"|Invalid SOS parameters|Unknown Adobe color transform|Invalid restart interval"
+    r"|Application transferred too many scanlines)"
 )
 
 
@@ -260,8 +321,6 @@ def quiet_decoders() -> Iterator[None]:
     so fd 2 is pointed at a temporary file meanwhile; lines that are not decoder noise
     (another thread's output) are written back afterwards.
     """
-    import tempfile
-
     with _STDERR_LOCK:
         level = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -269,7 +328,7 @@ def quiet_decoders() -> Iterator[None]:
             saved = os.dup(2)
         except OSError:  # no fd 2 (some embedded interpreters): nothing to silence
             saved = -1
-        capture = tempfile.TemporaryFile()
+        capture = _capture_file()
         try:
             if saved >= 0:
                 with contextlib.suppress(Exception):
@@ -325,23 +384,22 @@ def _check_complete(path: Path, data: np.ndarray) -> None:
     failing, so the data is also run through Pillow. TIFF is left to OpenCV's libtiff,
     which fails on short strips, because Pillow cannot open every TIFF variant it can.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with _quiet_pillow():  # Pillow's own warnings and log records about a damaged file
+        try:
             im = PIL.Image.open(io.BytesIO(data.tobytes()))
-    except Exception:  # not Pillow's to judge: OpenCV decoded it already
-        return
-    try:
-        with im:
-            if im.format == "PNG":
-                im.verify()  # walks every chunk and its CRC without inflating pixels
-            elif im.format == "JPEG":
-                # Decoding at 1/8 scale still reads every entropy-coded byte, at a fraction
-                # of the cost of a full decode.
-                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
-                im.load()
-    except Exception:  # any failure while reading the data means it is incomplete
-        raise InputError(path, f"is a damaged or truncated {im.format} file") from None
+        except Exception:  # not Pillow's to judge: OpenCV decoded it already
+            return
+        try:
+            with im:
+                if im.format == "PNG":
+                    im.verify()  # walks every chunk and its CRC without inflating pixels
+                elif im.format == "JPEG":
+                    # Decoding at 1/8 scale still reads every entropy-coded byte, at a
+                    # fraction of the cost of a full decode.
+                    im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+                    im.load()
+        except Exception:  # any failure while reading the data means it is incomplete
+            raise InputError(path, f"is a damaged or truncated {im.format} file") from None
 
 
 def _check_rgb_array(pixels: np.ndarray) -> None:
