@@ -350,3 +350,45 @@ def test_make_pairs_bench_and_eval_take_a_pixel_limit(corpus, tmp_path, capsys):
         == 2
     )
     assert "over the limit" in _one_line_error(capsys)
+
+
+# ---- web upload ---------------------------------------------------------------------------
+WEB_CASES = {
+    "truncated.png": "truncated.png: is a damaged or truncated PNG",
+    "truncated.jpg": "truncated.jpg: is a damaged or truncated JPEG",
+    "truncated.tif": "truncated.tif: is a damaged",
+    "bomb-header.png": "bomb-header.png: is 30000x30000 pixels",
+    "bomb-valid.png": "bomb-valid.png: is 12000x12000 pixels",
+    "empty.png": "empty.png: is empty",
+    "text.png": "text.png: is not a PNG, TIFF or JPEG image",
+    "gray.png": "gray.png: is a grayscale image",
+    "alpha.png": "alpha.png: has an alpha channel",
+    "tiny.png": "tiny.png: is only 1x1 pixels",
+    "wide.png": "wide.png: is 80x48 but under.png is 64x48",
+    "under.png": "is identical to",
+    "frame.gif": "frame.gif: unsupported file type (.gif)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(WEB_CASES))
+def test_web_upload_refuses_bad_inputs_naming_the_users_file(name, corpus, tiny_model, tmp_path):
+    pytest.importorskip("flask", reason="the web app needs Flask: pip install 'textmef[web]'")
+    from io import BytesIO
+
+    from textmef.web.app import create_app
+
+    root = tmp_path / "root"
+    root.mkdir()
+    app = create_app(tiny_model, temp_root=root, max_pixels=10_000_000)
+    app.testing = True
+    files = [
+        (BytesIO(corpus["under.png"].read_bytes()), "under.png"),
+        (BytesIO(corpus[name].read_bytes()), name),
+    ]
+    with app.test_client() as client:
+        response = client.post("/api/fuse", data={"files": files})
+        error = response.get_json()["error"]
+    assert response.status_code == 422, error
+    assert "\n" not in error and WEB_CASES[name] in error
+    assert str(root) not in error and "in00-" not in error and "in01-" not in error
+    assert list(root.iterdir()) == []

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import types
 import urllib.request
 from pathlib import Path
@@ -34,8 +35,16 @@ from werkzeug.test import encode_multipart  # noqa: E402
 from textmef import io  # noqa: E402
 from textmef.api import load_model, set_threads  # noqa: E402
 from textmef.errors import InputError  # noqa: E402
+from textmef.web import app as web_app  # noqa: E402
 from textmef.web import cli as web_cli  # noqa: E402
-from textmef.web.app import ResultStore, create_app  # noqa: E402
+from textmef.web.app import (  # noqa: E402
+    FusedResult,
+    FusionQueue,
+    QueueClosedError,
+    QueueFullError,
+    ResultStore,
+    create_app,
+)
 
 SIZE = (64, 96)  # (H, W)
 LEVELS = (0.15, 0.5, 1.6, 3.0)  # exposure multipliers, darkest first
@@ -175,6 +184,8 @@ def test_fusing_returns_a_png_of_the_inputs_size(client, tmp_path, count, form, 
     assert meta["used"] == expected_used and meta["motions"] is None
     assert meta["method"] == method and meta["strategy"] == strategy
     assert meta["filename"] == "fused.png"
+    assert meta["seconds"] == meta["compute_seconds"] > 0
+    assert 0 <= meta["queue_seconds"] < 60
 
     download = client.get(meta["download_url"])
     assert download.status_code == 200 and download.mimetype == "image/png"
@@ -350,24 +361,178 @@ def test_unknown_results_are_404_json(client):
         assert response.status_code == 404 and "error" in response.get_json()
 
 
-def test_only_the_last_results_are_kept(make_client, tmp_path):
-    client = make_client(max_results=2)
+def result_bytes(client, meta) -> int:
+    """What the server budgets for a result: its PNG and JPEG previews."""
+    urls = [meta["download_url"], meta["preview_url"]] + [i["preview_url"] for i in meta["inputs"]]
+    return sum(len(client.get(url).data) for url in urls)
+
+
+def test_results_are_kept_within_their_byte_budget_downloaded_first_out(make_client, tmp_path):
     paths = write_stack(tmp_path, 2)
+    probe = make_client()
+    size = result_bytes(probe, post(probe, paths).get_json())  # the same inputs: same size
+    client = make_client(max_result_mb=2.5 * size / (1024 * 1024))  # room for 2
     ids = [post(client, paths).get_json()["id"] for _ in range(3)]
-    assert client.get(f"/api/result/{ids[0]}/fused.png").status_code == 404
-    assert "fuse the photos again" in client.get(f"/api/result/{ids[0]}").get_json()["error"]
-    for rid in ids[1:]:
+    assert client.get(f"/api/result/{ids[0]}/fused.png").status_code == 404  # the oldest
+    error = client.get(f"/api/result/{ids[0]}").get_json()["error"]
+    assert "fuse the photos again" in error and "--max-result-mb" in error
+    for _ in range(2):  # a download does not remove it: it may be downloaded again
+        assert client.get(f"/api/result/{ids[1]}/fused.png").status_code == 200
+    ids.append(post(client, paths).get_json()["id"])
+    # ids[1] was downloaded, so it made room, although ids[2] is older than ids[3].
+    assert client.get(f"/api/result/{ids[1]}").status_code == 404
+    for rid in ids[2:]:
         assert client.get(f"/api/result/{rid}/fused.png").status_code == 200
-    assert client.get(f"/api/result/{ids[1]}/input/5.jpg").status_code == 404
+    assert client.get(f"/api/result/{ids[2]}/input/5.jpg").status_code == 404
+    health = client.get("/healthz").get_json()
+    assert health["results"] == 2 and health["result_bytes"] == 2 * size
 
 
-def test_result_store_evicts_the_least_recently_used():
-    store = ResultStore(2)
-    store.put("a", "A")
-    store.put("b", "B")
-    assert store.get("a") == "A"  # now "b" is the least recently used
-    store.put("c", "C")
-    assert (store.get("a"), store.get("b"), store.get("c"), len(store)) == ("A", None, "C", 2)
+def fake_result(nbytes: int) -> FusedResult:
+    return FusedResult(meta={}, png=b"p" * (nbytes - 2), preview=b"j", input_previews=(b"i",))
+
+
+def test_result_store_expires_and_makes_room_by_its_rule():
+    now = [0.0]
+    store = ResultStore(100, ttl_s=60, clock=lambda: now[0])
+    a, b, c, d = (fake_result(40) for _ in range(4))
+    store.put("a", a)
+    now[0] = 1
+    store.put("b", b)
+    store.mark_downloaded("b")
+    now[0] = 2
+    store.put("c", c)  # 120 bytes: "b", downloaded, goes although "a" is older
+    assert (store.get("a"), store.get("b"), store.get("c")) == (a, None, c)
+    store.put("d", d)  # nothing downloaded: the oldest, "a", goes
+    assert (store.get("a"), store.get("c"), store.get("d")) == (None, c, d)
+    assert store.stats() == (2, 80)
+    now[0] = 61.5  # "c" (made at 2) is 59.5 s old, "d" too: both still there
+    assert len(store) == 2
+    now[0] = 62
+    assert (store.get("c"), store.get("d"), store.stats()) == (None, None, (0, 0))
+    huge = fake_result(500)  # over the whole budget: kept alone, so its user gets it
+    store.put("c", c)
+    store.put("huge", huge)
+    assert (store.get("c"), store.get("huge"), store.stats()) == (None, huge, (1, 500))
+    store.put("huge", fake_result(30))  # the same key again replaces it
+    assert store.stats() == (1, 30)
+    with pytest.raises(ValueError):
+        ResultStore(0, 60)
+
+
+def wait_until(condition, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_full_queue_answers_503_with_retry_after(model, temp_root, tmp_path, monkeypatch):
+    gate = threading.Event()
+    real_fuse = web_app._fuse
+
+    def held_fuse(*args):
+        assert gate.wait(30), "the test never opened the gate"
+        return real_fuse(*args)
+
+    monkeypatch.setattr(web_app, "_fuse", held_fuse)
+    app = create_app(model, temp_root=temp_root, max_queue=1)
+    app.testing = True
+    paths = write_stack(tmp_path, 2)
+    answers: dict[int, object] = {}
+
+    def fuse_in_thread(n):
+        answers[n] = post(app.test_client(), paths)
+
+    first = threading.Thread(target=fuse_in_thread, args=(1,))
+    first.start()
+    client = app.test_client()
+    wait_until(lambda: client.get("/healthz").get_json()["workers_busy"] == 1, "a busy worker")
+    second = threading.Thread(target=fuse_in_thread, args=(2,))
+    second.start()
+    health = wait_until(
+        lambda: (h := client.get("/healthz").get_json())["queued"] == 1 and h, "a queued job"
+    )
+    assert (health["workers"], health["max_queue"], health["busy"]) == (1, 1, True)
+    assert client.get("/").status_code == 200  # the page does not wait for fusions
+
+    refused = post(client, paths)
+    assert refused.status_code == 503
+    assert int(refused.headers["Retry-After"]) >= 1
+    error = refused.get_json()["error"]
+    assert "server is busy" in error and "--max-queue" in error
+    assert f"try again in {refused.headers['Retry-After']} s" in error
+
+    gate.set()
+    for thread in (first, second):
+        thread.join(60)
+        assert not thread.is_alive()
+    metas = [answers[n].get_json() for n in (1, 2)]
+    assert [answers[n].status_code for n in (1, 2)] == [200, 200], metas
+    assert metas[1]["queue_seconds"] > 0
+    for meta in metas:
+        assert client.get(meta["download_url"]).status_code == 200
+    health = client.get("/healthz").get_json()
+    assert (health["queued"], health["workers_busy"], health["results"]) == (0, 0, 2)
+    assert list(temp_root.iterdir()) == []  # every request's folder is gone
+    app.extensions[web_app.FUSION_QUEUE_KEY].close()
+
+
+def test_an_unexpected_failure_in_the_worker_is_a_500_json(model, temp_root, tmp_path, monkeypatch):
+    real_fuse = web_app._fuse
+    calls = []
+
+    def failing_once(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return real_fuse(*args)
+
+    monkeypatch.setattr(web_app, "_fuse", failing_once)
+    client = create_app(model, temp_root=temp_root).test_client()  # not testing: no propagation
+    paths = write_stack(tmp_path, 2)
+    response = post(client, paths)
+    assert response.status_code == 500
+    assert response.get_json()["error"].startswith(
+        "fusion failed unexpectedly (RuntimeError: boom)"
+    )
+    assert list(temp_root.iterdir()) == []
+    assert post(client, paths).status_code == 200  # the worker goes on
+
+
+def test_fusion_queue_runs_jobs_in_order_and_closes():
+    with pytest.raises(ValueError):
+        FusionQueue(workers=0)
+    queue = FusionQueue(workers=1, max_queue=2)
+    gate = threading.Event()
+    order = []
+    running = queue.submit(lambda: gate.wait(30) and order.append("a") or "A")
+    wait_until(lambda: queue.stats()["workers_busy"] == 1, "the first job to start")
+    waiting = [queue.submit(lambda n=n: order.append(n) or n) for n in ("b", "c")]
+    assert queue.stats() == {"queued": 2, "workers_busy": 1, "workers": 1, "max_queue": 2}
+    with pytest.raises(QueueFullError) as full:
+        queue.submit(lambda: None)
+    assert full.value.waiting == 2 and full.value.retry_after >= 1
+    gate.set()
+    assert [running.result(), *(job.result() for job in waiting)] == ["A", "b", "c"]
+    assert order == ["a", "b", "c"]
+    assert waiting[0].queue_seconds > 0 and waiting[1].started >= waiting[0].finished
+
+    gate.clear()
+    blocked = queue.submit(lambda: gate.wait(30))
+    wait_until(lambda: queue.stats()["workers_busy"] == 1, "the blocking job to start")
+    cancelled = queue.submit(lambda: "never")
+    threading.Timer(0.2, gate.set).start()
+    queue.close(timeout=30)
+    with pytest.raises(QueueClosedError):
+        cancelled.result()
+    assert blocked.result() is True
+    with pytest.raises(QueueClosedError):
+        queue.submit(lambda: None)
+    assert not any(t.is_alive() for t in queue._threads)
 
 
 class WriteRecorder:
@@ -449,8 +614,16 @@ def test_serve_listens_on_localhost_by_default():
     args = serve_parser().parse_args(["serve"])
     assert (args.host, args.port) == ("127.0.0.1", 8000)
     assert (args.max_upload_mb, args.max_pixels, args.max_files) == (200, 40_000_000, 9)
+    assert (args.max_queue, args.max_result_mb, args.result_ttl) == (8, 512, 3600)
     assert args.weights is None and args.device == "cpu" and args.run is web_cli._cmd_serve
-    for bad in (["--max-files", "1"], ["--port", "70000"], ["--max-upload-mb", "0"]):
+    for bad in (
+        ["--max-files", "1"],
+        ["--port", "70000"],
+        ["--max-upload-mb", "0"],
+        ["--max-queue", "0"],
+        ["--max-result-mb", "0"],
+        ["--result-ttl", "-1"],
+    ):
         with pytest.raises(SystemExit):
             serve_parser().parse_args(["serve", *bad])
 
@@ -464,10 +637,14 @@ def test_serve_builds_the_app_without_serving(monkeypatch, capsys):
         assert seen["tempdir"].is_dir() and seen["tempdir"].name.startswith("textmef-serve-")
 
     monkeypatch.setattr(web_cli, "serve_forever", fake_serve)
-    args = serve_parser().parse_args(["serve", "--port", "0", "--threads", "1", "--max-files", "4"])
+    args = serve_parser().parse_args(
+        ["serve", "--port", "0", "--threads", "1", "--max-files", "4", "--max-queue", "3"]
+    )
     assert web_cli._cmd_serve(args) == 0
     server = seen["server"]
     assert server.host == "127.0.0.1" and server.port > 0
+    # A thread for each fusion the queue admits (3 waiting + 1 running), and 4 spare.
+    assert server.threads == 3 + 1 + 4
     out = capsys.readouterr().out
     assert f"http://127.0.0.1:{server.port}/" in out and "warning" not in out
     assert not seen["tempdir"].exists()  # removed at exit

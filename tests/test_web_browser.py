@@ -11,10 +11,13 @@ With ``TEXTMEF_SCREENSHOT=1`` the screenshot of the page with a result goes to
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
+import time
 import urllib.request
+from io import BytesIO
 from pathlib import Path
 
 import cv2
@@ -31,10 +34,14 @@ from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from werkzeug.datastructures import FileStorage  # noqa: E402
+from werkzeug.test import encode_multipart  # noqa: E402
 
 from textmef import io  # noqa: E402
 from textmef.api import load_model, set_threads  # noqa: E402
-from textmef.web.app import create_app  # noqa: E402
+from textmef.models import create_model  # noqa: E402
+from textmef.web import app as web_app  # noqa: E402
+from textmef.web.app import FUSION_QUEUE_KEY, create_app  # noqa: E402
 from textmef.web.cli import make_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,12 +68,13 @@ def server(tmp_path_factory):
     set_threads(1)  # a 256x256 pair needs no more, and the machine is shared
     temp_root = tmp_path_factory.mktemp("serve-root")
     app = create_app(load_model(), temp_root=temp_root)
-    server = make_server(app, "127.0.0.1", 0, max_upload_mb=200, threads=2)
+    server = make_server(app, "127.0.0.1", 0, max_upload_mb=200)  # threads: the app's
     thread = threading.Thread(target=server.run, name="textmef-serve", daemon=True)
     thread.start()
     yield server
     server.stop()
     thread.join(10)
+    app.extensions[FUSION_QUEUE_KEY].close()
     torch.set_num_threads(saved[0])
     numba.set_num_threads(saved[1])
     assert not thread.is_alive(), "the server did not stop"
@@ -229,3 +237,82 @@ def fit_viewport_to_page(driver, width: int = 1280, most: int = 1600) -> None:
         if needed <= height or height >= most:
             return
         height = min(needed, most)
+
+
+def health(server) -> dict:
+    with urllib.request.urlopen(server.url + "healthz", timeout=WAIT_S) as response:
+        return json.load(response)
+
+
+def wait_for_health(server, condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition(health(server)):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_busy_server_is_retried_once_and_queue_time_shown(browser, photos, tmp_path, monkeypatch):
+    """A full queue: the page shows the server's 503 message, waits Retry-After, retries."""
+    permits = threading.Semaphore(0)  # each fusion needs one: the test lets them through
+    real_fuse = web_app._fuse
+
+    def held_fuse(*args):
+        assert permits.acquire(timeout=2 * WAIT_S), "the test never let this fusion run"
+        return real_fuse(*args)
+
+    monkeypatch.setattr(web_app, "_fuse", held_fuse)
+    # Retry-After = this guess x (1 running + 1 waiting): 4 s, time enough to watch.
+    monkeypatch.setattr("textmef.web.queue._FIRST_GUESS_S", 2.0)
+    temp_root = tmp_path / "root"
+    temp_root.mkdir()
+    app = create_app(create_model("textmef-tiny").eval(), temp_root=temp_root, max_queue=1)
+    server = make_server(app, "127.0.0.1", 0, max_upload_mb=200)
+    serving = threading.Thread(target=server.run, name="textmef-serve-busy", daemon=True)
+    serving.start()
+    paths = [photos["under.png"], photos["over.png"]]
+    files = [FileStorage(BytesIO(p.read_bytes()), p.name) for p in paths]
+    boundary, body = encode_multipart({"files": files})
+    statuses: list[int] = []
+
+    def fuse_in_background() -> None:
+        request = urllib.request.Request(
+            server.url + "api/fuse",
+            data=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        with urllib.request.urlopen(request, timeout=3 * WAIT_S) as response:
+            statuses.append(response.status)
+
+    others = [threading.Thread(target=fuse_in_background, daemon=True) for _ in range(2)]
+    try:
+        others[0].start()  # runs (held)
+        wait_for_health(server, lambda h: h["workers_busy"] == 1, "the first fusion to run")
+        others[1].start()  # waits: the queue (of 1) is full
+        wait_for_health(server, lambda h: h["queued"] == 1, "the second fusion to queue")
+
+        browser.get(server.url)
+        choose(browser, *paths)
+        browser.find_element(By.ID, "fuse").click()
+        wait(browser, lambda d: "server is busy" in error_text(d), "no busy message")
+        assert "try again in 4 s" in error_text(browser)
+        status = browser.find_element(By.ID, "busy")
+        wait(browser, lambda d: "trying again in" in status.text, "no countdown")
+
+        permits.release()  # the first finishes, the second runs (held): room in the queue
+        wait_for_health(server, lambda h: h["queued"] == 0, "the second fusion to run")
+        # The page's retry, after 4 s, waits in the queue behind the second.
+        wait_for_health(server, lambda h: h["queued"] == 1, "the page's retry to queue")
+        time.sleep(0.3)
+        permits.release(2)
+        wait(browser, lambda d: d.find_element(By.ID, "result").is_displayed(), "no result")
+        assert error_text(browser) == ""
+        assert "s in the queue" in browser.find_element(By.ID, "meta").text
+        for thread in others:
+            thread.join(WAIT_S)
+        assert statuses == [200, 200]
+    finally:
+        permits.release(10)
+        server.stop()
+        serving.join(10)
+        app.extensions[FUSION_QUEUE_KEY].close()
+    assert list(temp_root.iterdir()) == []

@@ -7,25 +7,32 @@ Endpoints:
   scene), ``method`` (a name from the fusion-method registry, :mod:`textmef.methods`;
   default ``textmef``; ``strategy=extremes|progressive`` is accepted for
   ``textmef-<strategy>``) and ``align`` (``1``/``0``). Answers the JSON described in
-  :func:`create_app`.
+  :func:`create_app` once the fusion is done.
 * ``GET /api/result/<id>``: that JSON again.
 * ``GET /api/result/<id>/fused.png``: the fused image as an attachment named
   ``fused.png``, 16-bit when any input is 16-bit, else 8-bit.
 * ``GET /api/result/<id>/preview.jpg`` and ``/api/result/<id>/input/<i>.jpg``: 8-bit
   previews (at most :data:`PREVIEW_SIDE` pixels a side) of the result and of input ``i``
   (upload order), for the page's thumbnails and comparison slider.
-* ``GET /healthz``: ``{"status": "ok", ...}``.
+* ``GET /healthz``: ``{"status": "ok", "queued", "workers_busy", "results",
+  "result_bytes", ...}``; it takes no lock that a fusion holds.
 
 Errors under ``/api/`` are JSON ``{"error": message}``, the message naming the file:
 400 a malformed request (fewer than 2 or too many files, unknown option), 413 an upload
 over the size limit, 422 files that arrived but cannot be fused (unsupported type,
-damaged, too many pixels, mixed sizes, alignment failure), 404 an unknown or evicted
-result, 500 an unexpected failure.
+damaged, too many pixels, mixed sizes, alignment failure), 404 an unknown, expired or
+evicted result, 503 a full fusion queue (with ``Retry-After``), 500 an unexpected failure.
+
+Fusions: the request thread saves and checks the uploads, then hands the fusion to a
+:class:`FusionQueue` (``workers`` threads, by default 1, fed by at most ``max_queue``
+waiting jobs) and waits for it, so a request thread is only ever held up by its own
+fusion and the page, previews and ``/healthz`` stay quick. A request that finds the queue
+full is answered 503 at once.
 
 Files: each request gets its own :class:`tempfile.TemporaryDirectory` under ``temp_root``;
 uploads are spooled and saved only there, the download PNG is encoded there, and the
-folder is gone when the response is sent. Results live in memory, the last
-``max_results`` kept (least recently used evicted first).
+folder is removed once its fusion is done, before the response is sent. Results live in
+memory (see :class:`ResultStore`) until they expire or their bytes are needed.
 """
 
 from __future__ import annotations
@@ -34,20 +41,18 @@ import logging
 import os
 import re
 import secrets
+import sys
 import tempfile
-import threading
 import time
-import warnings
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from io import BytesIO
 from pathlib import Path, PureWindowsPath
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
-import PIL.Image
 from flask import Flask, Request, jsonify, render_template, request, send_file, url_for
 from torch import nn
 from werkzeug.datastructures import FileStorage
@@ -67,17 +72,33 @@ from textmef.stack import STRATEGIES, prepare_stack
 from textmef.web.limits import (
     DEFAULT_MAX_FILES,
     DEFAULT_MAX_PIXELS,
-    DEFAULT_MAX_RESULTS,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_RESULT_MB,
     DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_RESULT_TTL_S,
+    DEFAULT_WORKERS,
+    FUSION_QUEUE_KEY,
     PREVIEW_SIDE,
+    SERVER_THREADS_KEY,
+    server_threads,
 )
+from textmef.web.queue import FusionQueue, QueueClosedError, QueueFullError
+from textmef.web.results import FusedResult, ResultStore
 
 __all__ = [
     "DEFAULT_MAX_FILES",
     "DEFAULT_MAX_PIXELS",
-    "DEFAULT_MAX_RESULTS",
+    "DEFAULT_MAX_QUEUE",
+    "DEFAULT_MAX_RESULT_MB",
     "DEFAULT_MAX_UPLOAD_MB",
+    "DEFAULT_RESULT_TTL_S",
+    "DEFAULT_WORKERS",
+    "FUSION_QUEUE_KEY",
     "PREVIEW_SIDE",
+    "SERVER_THREADS_KEY",
+    "FusionQueue",
+    "QueueClosedError",
+    "QueueFullError",
     "ResultStore",
     "create_app",
 ]
@@ -96,69 +117,42 @@ _TRUE = frozenset({"1", "true", "on", "yes"})
 _FALSE = frozenset({"", "0", "false", "off", "no"})
 _NAMES_SHOWN = 3  # extra file names listed in a "too many files" message
 
+_T = TypeVar("_T")
+
 
 class ApiError(Exception):
     """A problem with a request, answered as JSON ``{"error": message}`` with ``status``."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-@dataclass(frozen=True, eq=False)
-class FusedResult:
-    """One fusion as the server keeps it: the JSON answer and the encoded images.
-
-    Attributes:
-        meta: the JSON the fuse request answered.
-        png: the download, a PNG at the inputs' bit depth.
-        preview: an 8-bit JPEG of the result for the page.
-        input_previews: 8-bit JPEGs of the inputs, in upload order.
-    """
-
-    meta: dict[str, Any]
-    png: bytes
-    preview: bytes
-    input_previews: tuple[bytes, ...]
-
-
-class ResultStore:
-    """The last ``capacity`` results, least recently used evicted first; thread-safe."""
-
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self._items: OrderedDict[str, FusedResult] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def put(self, key: str, result: FusedResult) -> None:
-        """Keep ``result`` under ``key``, evicting the least recently used beyond capacity."""
-        with self._lock:
-            self._items[key] = result
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def get(self, key: str) -> FusedResult | None:
-        """The result under ``key`` (marking it recently used), or None if unknown."""
-        with self._lock:
-            result = self._items.get(key)
-            if result is not None:
-                self._items.move_to_end(key)
-            return result
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
+        self.headers = dict(headers or {})
 
 
 @dataclass(frozen=True)
 class _Upload:
     name: str  # as the user called it: every message names this, never the temporary path
     path: Path
-    size: tuple[int, int] | None  # (width, height) from the header, None if Pillow can't tell
+    size: tuple[int, int] | None  # (width, height) from the header, once checked
+
+
+@dataclass(frozen=True, eq=False)
+class _Fused:
+    """What a fusion job hands back to its request: the answer's facts and the encodings."""
+
+    width: int
+    height: int
+    bit_depth: int
+    strategy: str | None
+    ordering: str
+    order: list[int]
+    used: list[int]
+    motions: list[str] | None
+    png: bytes
+    preview: bytes
+    input_previews: tuple[bytes, ...]
+    compute_seconds: float
 
 
 def create_app(
@@ -168,30 +162,46 @@ def create_app(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_files: int = DEFAULT_MAX_FILES,
     temp_root: str | os.PathLike[str],
-    max_results: int = DEFAULT_MAX_RESULTS,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    workers: int = DEFAULT_WORKERS,
+    max_result_mb: float = DEFAULT_MAX_RESULT_MB,
+    result_ttl_s: float = DEFAULT_RESULT_TTL_S,
 ) -> Flask:
     """Build the web application around a loaded fusion network (no I/O happens here).
 
     A successful ``POST /api/fuse`` answers::
 
         {"id", "width", "height", "bit_depth", "format": "PNG", "filename": "fused.png",
-         "method", "strategy", "align", "ordering", "order", "used", "motions", "seconds",
+         "method", "strategy", "align", "ordering", "order", "used", "motions",
+         "seconds", "compute_seconds", "queue_seconds",
          "inputs": [{"index", "name", "width", "height", "preview_url"}, ...],
          "preview_url", "download_url", "result_url"}
 
     where ``order`` lists input indices (upload order) from darkest to brightest, ``used``
     the ones fused, ``strategy`` the network's stack strategy (null for the classic
-    methods, which fuse every frame) and ``motions`` one line per input when aligned
-    (else null).
+    methods, which fuse every frame), ``motions`` one line per input when aligned (else
+    null), ``compute_seconds`` the fusion itself (reading the saved uploads, aligning,
+    fusing), ``queue_seconds`` the time it waited for a fusion worker, and ``seconds``
+    the same as ``compute_seconds`` (the name of earlier versions).
+
+    The app keeps its :class:`FusionQueue` in ``app.extensions[FUSION_QUEUE_KEY]`` (close
+    it when the server stops) and the waitress thread count its limits call for in
+    ``app.config[SERVER_THREADS_KEY]``.
 
     Args:
-        model: the fusion network (see :func:`textmef.api.load_model`); it is used by one
-            request at a time.
+        model: the fusion network (see :func:`textmef.api.load_model`); the fusion
+            workers use it, ``workers`` at a time.
         max_upload_mb: the largest request body accepted, in MiB.
         max_pixels: the most pixels one image may have, checked from its header.
         max_files: the most images one request may fuse.
         temp_root: an existing folder that receives one temporary folder per request.
-        max_results: how many results are kept in memory for download.
+        max_queue: the most fusions waiting for a worker; a request beyond them is
+            answered 503 with ``Retry-After``.
+        workers: fusion worker threads. Fusions share the model and torch's threads, so
+            1 is right for the network; more only helps methods that are safe to run
+            side by side.
+        max_result_mb: the most MiB of results kept for download, all together.
+        result_ttl_s: seconds a result is kept at most.
 
     Returns:
         The Flask application (a WSGI callable).
@@ -204,14 +214,24 @@ def create_app(
             f"limits must be positive and allow 2 files: max_upload_mb="
             f"{max_upload_mb}, max_pixels={max_pixels}, max_files={max_files}"
         )
+    if not max_result_mb > 0:
+        raise ValueError(f"max_result_mb must be positive, got {max_result_mb}")
     temp_root = Path(temp_root)
     app = Flask("textmef.web")
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * _MB)
+    app.config[SERVER_THREADS_KEY] = server_threads(max_queue, workers)
     app.request_class = _request_class(temp_root)
-    results = ResultStore(max_results)
-    # The network keeps per-call state in its scan kernels and torch's thread pool is
-    # shared, so fusions run one at a time; other requests (page, previews) go on.
-    fuse_lock = threading.Lock()
+    results = ResultStore(max(1, int(max_result_mb * _MB)), result_ttl_s)
+    # numba's thread count is per thread: the workers take the one of the thread that
+    # builds the app (textmef serve sets --threads there), torch's is process-wide.
+    fusions = FusionQueue(
+        workers, max_queue, thread_setup=partial(_set_numba_threads, _numba_threads())
+    )
+    app.extensions[FUSION_QUEUE_KEY] = fusions
+    keeps = (
+        f"results are kept for {_duration(result_ttl_s)} and "
+        f"{max_result_mb:g} MB in all (--result-ttl, --max-result-mb)"
+    )
 
     @app.get("/")
     def index():
@@ -230,12 +250,23 @@ def create_app(
 
     @app.get("/healthz")
     def healthz():
+        queue = fusions.stats()
+        held, held_bytes = results.stats()
         return jsonify(
-            status="ok", version=__version__, busy=fuse_lock.locked(), results=len(results)
+            status="ok",
+            version=__version__,
+            busy=queue["workers_busy"] > 0,
+            **queue,
+            results=held,
+            result_bytes=held_bytes,
+            max_result_bytes=results.max_bytes,
         )
 
     @app.post("/api/fuse")
     def fuse():
+        # A request the queue cannot take is refused before its upload is parsed and
+        # saved, so that a burst of them costs the other requests little.
+        _queue_room(fusions.check_room)
         with tempfile.TemporaryDirectory(
             prefix="request-", dir=temp_root, ignore_cleanup_errors=True
         ) as folder:
@@ -248,41 +279,44 @@ def create_app(
                 files = [f for f in parts if f.filename]  # a browser sends "" for no file
                 names = _check_count(files, max_files)
                 uploads = _save(files, names, Path(folder), max_pixels)
-                result = _fuse(model, uploads, method, align, Path(folder), fuse_lock)
             finally:
                 # Closed before the folder goes, so the cleanup also works on Windows.
                 for part in parts:
                     part.close()
+            work = partial(_fuse, model, uploads, method, align, Path(folder))
+            job = _queue_room(partial(fusions.submit, work))
+            # The folder stays until the job is done: the worker reads the saved files.
+            fused = job.result()
+        result = _result(fused, uploads, method, align, job.queue_seconds)
         results.put(result.meta["id"], result)
         return jsonify(result.meta)
 
     @app.get("/api/result/<rid>")
     def result_meta(rid: str):
-        return jsonify(_lookup(results, rid).meta)
+        return jsonify(_lookup(results, rid, keeps).meta)
 
     @app.get("/api/result/<rid>/fused.png")
     def result_download(rid: str):
+        png = _lookup(results, rid, keeps).png
+        results.mark_downloaded(rid)
         return send_file(
-            BytesIO(_lookup(results, rid).png),
-            mimetype="image/png",
-            as_attachment=True,
-            download_name=DOWNLOAD_NAME,
+            BytesIO(png), mimetype="image/png", as_attachment=True, download_name=DOWNLOAD_NAME
         )
 
     @app.get("/api/result/<rid>/preview.jpg")
     def result_preview(rid: str):
-        return send_file(BytesIO(_lookup(results, rid).preview), mimetype="image/jpeg")
+        return send_file(BytesIO(_lookup(results, rid, keeps).preview), mimetype="image/jpeg")
 
     @app.get("/api/result/<rid>/input/<int:index>.jpg")
     def input_preview(rid: str, index: int):
-        previews = _lookup(results, rid).input_previews
+        previews = _lookup(results, rid, keeps).input_previews
         if index >= len(previews):
             raise ApiError(404, f"result {rid} has no input {index} (it has {len(previews)})")
         return send_file(BytesIO(previews[index]), mimetype="image/jpeg")
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError):
-        return jsonify(error=exc.message), exc.status
+        return jsonify(error=exc.message), exc.status, exc.headers
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -317,6 +351,41 @@ def create_app(
         return response
 
     return app
+
+
+def _queue_room(call: Callable[[], _T]) -> _T:
+    """``call()``, a full or closed :class:`FusionQueue` answered 503 with Retry-After."""
+    try:
+        return call()
+    except QueueFullError as exc:
+        raise ApiError(
+            503,
+            f"the server is busy: {exc.waiting} fusions are already waiting, the most it "
+            f"queues (--max-queue); try again in {exc.retry_after} s",
+            {"Retry-After": str(exc.retry_after)},
+        ) from None
+    except QueueClosedError:
+        raise ApiError(503, "the server is stopping; try again later") from None
+
+
+def _numba_threads() -> int | None:
+    """This thread's numba thread count, None when numba is not loaded (its default)."""
+    numba = sys.modules.get("numba")
+    return None if numba is None else int(numba.get_num_threads())
+
+
+def _set_numba_threads(threads: int | None) -> None:
+    numba = sys.modules.get("numba")
+    if threads is not None and numba is not None:
+        numba.set_num_threads(threads)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
 
 
 def _request_class(temp_root: Path) -> type[Request]:
@@ -390,6 +459,14 @@ def _check_count(files: Sequence[FileStorage], max_files: int) -> list[str]:
 def _save(
     files: Sequence[FileStorage], names: Sequence[str], folder: Path, max_pixels: int
 ) -> list[_Upload]:
+    """Save the uploads and check them as every entry point does, before queueing a fusion.
+
+    The checks are textmef's own (:func:`textmef.stack.check_stack_files`: each header
+    with the pixel limit, identical files, one size), so nothing is decoded here; messages
+    name the user's files, never the temporary paths.
+    """
+    from textmef.stack import check_stack_files
+
     suffixes = [Path(name).suffix.lower() for name in names]
     for name, suffix in zip(names, suffixes):
         if suffix not in io.SUPPORTED_SUFFIXES:  # before saving anything: cheap, and clear
@@ -403,38 +480,15 @@ def _save(
         # so they can be told apart when messages are translated back to user names.
         path = folder / f"in{i:02d}-{secrets.token_hex(4)}{suffix}"
         f.save(path)
-        try:
-            size = _header_size(path, name, max_pixels)
-        except InputError as exc:
-            raise ApiError(422, str(exc)) from None
-        uploads.append(_Upload(name=name, path=path, size=size))
-    return uploads
-
-
-def _header_size(path: Path, name: str, max_pixels: int) -> tuple[int, int] | None:
-    """Check an image's pixel count from its header, before anything decodes it."""
+        uploads.append(_Upload(name=name, path=path, size=None))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # DecompressionBombWarning: our own cap applies
-            with PIL.Image.open(path) as im:
-                width, height = im.size
-    except PIL.Image.DecompressionBombError:
-        limit = 2 * (PIL.Image.MAX_IMAGE_PIXELS or 0)
-        raise InputError(
-            name,
-            f"has over {limit / 1e6:.0f} MP, too many to open safely; "
-            f"the limit is {max_pixels / 1e6:g} MP per image",
-        ) from None
-    except Exception:  # not Pillow's to judge: read_image reports what is wrong with it
-        return None
-    if width * height > max_pixels:
-        raise InputError(
-            name,
-            f"is {width}x{height} pixels ({width * height / 1e6:.1f} MP), "
-            f"over this server's limit of {max_pixels / 1e6:g} MP per "
-            "image (--max-pixels); downsize it first",
-        )
-    return width, height
+        headers = check_stack_files([u.path for u in uploads], max_pixels)
+    except InputError as exc:
+        raise ApiError(422, _user_message(exc, uploads)) from None
+    return [
+        _Upload(name=u.name, path=u.path, size=(h.width, h.height))
+        for u, h in zip(uploads, headers)
+    ]
 
 
 def _fuse(
@@ -443,42 +497,64 @@ def _fuse(
     method_name: str,
     align: bool,
     folder: Path,
-    fuse_lock: threading.Lock,
-) -> FusedResult:
+) -> _Fused:
+    """One fusion job, run by a :class:`FusionQueue` worker (no request context here)."""
     started = time.perf_counter()
     method = get_method(method_name)
     options = MethodOptions(model=model)
     try:
-        with fuse_lock:
-            prepared = prepare_stack([u.path for u in uploads], align=align)
-            fused = build_method(method_name, options)(prepared.tensors)
-            fusion = prepared.result(fused, method.frames_used(options, len(uploads)))
+        prepared = prepare_stack([u.path for u in uploads], align=align)
+        fused = build_method(method_name, options)(prepared.tensors)
+        fusion = prepared.result(fused, method.frames_used(options, len(uploads)))
     except MethodUnavailableError as exc:
         raise ApiError(400, str(exc)) from None
     except InputError as exc:
         raise ApiError(422, _user_message(exc, uploads)) from None
-    strategy = method.stack_strategy(options)
     seconds = time.perf_counter() - started
     png = io.write_image(folder / DOWNLOAD_NAME, fusion.image, fusion.bit_depth).read_bytes()
-    preview = _jpeg(_fit(_to_uint8_bgr(fusion.image)))
-    input_previews = tuple(_file_preview(u) for u in uploads)
-    rid = secrets.token_urlsafe(9)
     height, width = fusion.image.shape[:2]
+    return _Fused(
+        width=width,
+        height=height,
+        bit_depth=fusion.bit_depth,
+        strategy=method.stack_strategy(options),
+        ordering=fusion.ordering,
+        order=list(fusion.order),
+        used=list(fusion.used),
+        motions=fusion.motions,
+        png=png,
+        preview=_jpeg(_fit(_to_uint8_bgr(fusion.image))),
+        input_previews=tuple(_file_preview(u) for u in uploads),
+        compute_seconds=seconds,
+    )
+
+
+def _result(
+    fused: _Fused,
+    uploads: Sequence[_Upload],
+    method_name: str,
+    align: bool,
+    queue_seconds: float,
+) -> FusedResult:
+    """The stored result and its JSON answer (in the request: it builds the URLs)."""
+    rid = secrets.token_urlsafe(9)
     meta = {
         "id": rid,
-        "width": width,
-        "height": height,
-        "bit_depth": fusion.bit_depth,
+        "width": fused.width,
+        "height": fused.height,
+        "bit_depth": fused.bit_depth,
         "format": "PNG",
         "filename": DOWNLOAD_NAME,
         "method": method_name,
-        "strategy": strategy,
+        "strategy": fused.strategy,
         "align": align,
-        "ordering": fusion.ordering,
-        "order": list(fusion.order),
-        "used": list(fusion.used),
-        "motions": fusion.motions,
-        "seconds": round(seconds, 3),
+        "ordering": fused.ordering,
+        "order": fused.order,
+        "used": fused.used,
+        "motions": fused.motions,
+        "seconds": round(fused.compute_seconds, 3),
+        "compute_seconds": round(fused.compute_seconds, 3),
+        "queue_seconds": round(queue_seconds, 3),
         "inputs": [
             {
                 "index": i,
@@ -494,15 +570,18 @@ def _fuse(
         "result_url": url_for("result_meta", rid=rid),
     }
     log.info(
-        "fused %d image(s) into %dx%d (%d-bit, %s) in %.2f s",
+        "fused %d image(s) into %dx%d (%d-bit, %s) in %.2f s after %.2f s in the queue",
         len(uploads),
-        width,
-        height,
-        fusion.bit_depth,
+        fused.width,
+        fused.height,
+        fused.bit_depth,
         method_name,
-        seconds,
+        fused.compute_seconds,
+        queue_seconds,
     )
-    return FusedResult(meta=meta, png=png, preview=preview, input_previews=input_previews)
+    return FusedResult(
+        meta=meta, png=fused.png, preview=fused.preview, input_previews=fused.input_previews
+    )
 
 
 def _user_message(exc: InputError, uploads: Sequence[_Upload]) -> str:
@@ -519,13 +598,13 @@ def _user_message(exc: InputError, uploads: Sequence[_Upload]) -> str:
     return f"{pattern.sub(lambda m: swaps[m.group(0)], str(exc.path))}: {problem}"
 
 
-def _lookup(results: ResultStore, rid: str) -> FusedResult:
+def _lookup(results: ResultStore, rid: str, keeps: str) -> FusedResult:
     result = results.get(rid)
     if result is None:
         raise ApiError(
             404,
-            f"result {rid} is not available (only the last {results.capacity} "
-            "results are kept); fuse the photos again",
+            f"result {rid} is not available (it expired, made room for newer ones or never "
+            f"existed: {keeps}); fuse the photos again",
         )
     return result
 

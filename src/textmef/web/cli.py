@@ -2,7 +2,10 @@
 
 ``textmef.cli`` registers the subcommand with :func:`add_serve_parser`. Waitress is a
 production WSGI server in pure Python (no compiler, works on Windows too); the model is
-loaded once, before the server starts, and shared by every request.
+loaded once, before the server starts, and shared by every request. Fusions run on the
+app's own worker thread(s) (:class:`textmef.web.app.FusionQueue`); waitress gets enough
+threads for every fusion the queue admits to wait in its request thread, plus spare ones
+for the page and ``/healthz`` (:func:`textmef.web.limits.server_threads`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,17 @@ from typing import Any
 
 from textmef.argtypes import positive_float, positive_int
 from textmef.errors import InputError, TextmefError
+from textmef.web.limits import (
+    DEFAULT_MAX_FILES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_RESULT_MB,
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_RESULT_TTL_S,
+    FUSION_QUEUE_KEY,
+    SERVER_THREADS_KEY,
+    SPARE_THREADS,
+)
 
 __all__ = [
     "DEFAULT_HOST",
@@ -30,7 +44,7 @@ __all__ = [
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-SERVER_THREADS = 4  # fusions run one at a time; the others serve the page and previews
+SERVER_THREADS = SPARE_THREADS  # for an app that does not say how many it needs
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _ANY = frozenset({"0.0.0.0", "::", ""})
 _MB = 1024 * 1024
@@ -62,8 +76,6 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     Returns:
         The ``serve`` parser; its ``run`` default is :func:`_cmd_serve`.
     """
-    from textmef.web.limits import DEFAULT_MAX_FILES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
-
     p = subparsers.add_parser(
         "serve",
         help="a local web page: drop exposures of one scene, get the fused image",
@@ -115,6 +127,29 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         metavar="N",
         help=f"most images per fusion (default {DEFAULT_MAX_FILES})",
     )
+    p.add_argument(
+        "--max-queue",
+        type=positive_int,
+        default=DEFAULT_MAX_QUEUE,
+        metavar="N",
+        help="most fusions waiting while one runs; more are answered 'server busy' "
+        f"(HTTP 503 with Retry-After) (default {DEFAULT_MAX_QUEUE})",
+    )
+    p.add_argument(
+        "--max-result-mb",
+        type=positive_float,
+        default=DEFAULT_MAX_RESULT_MB,
+        metavar="MB",
+        help="memory for results awaiting download, all together; the downloaded, then "
+        f"the oldest, make room (default {DEFAULT_MAX_RESULT_MB})",
+    )
+    p.add_argument(
+        "--result-ttl",
+        type=positive_float,
+        default=DEFAULT_RESULT_TTL_S,
+        metavar="SECONDS",
+        help=f"how long a result stays downloadable at most (default {DEFAULT_RESULT_TTL_S})",
+    )
     p.set_defaults(run=_cmd_serve)
     return p
 
@@ -158,6 +193,7 @@ class Server:
             ident="textmef",
         )
         self.host = host
+        self.threads = threads
         self.port = int(self._server.effective_port)  # waitress reports it as a string
 
     @property
@@ -195,7 +231,7 @@ def make_server(
     port: int = DEFAULT_PORT,
     *,
     max_upload_mb: float,
-    threads: int = SERVER_THREADS,
+    threads: int | None = None,
 ) -> Server:
     """Bind a waitress :class:`Server` for ``app`` (it does not serve until ``run``).
 
@@ -204,11 +240,16 @@ def make_server(
         host: address to listen on.
         port: TCP port; 0 picks a free one.
         max_upload_mb: the app's upload limit; waitress refuses bodies well beyond it.
-        threads: waitress worker threads.
+        threads: waitress worker threads; by default the number the app asks for
+            (``create_app`` sets its fusion queue's bound + workers + spare ones), else
+            :data:`SERVER_THREADS`.
 
     Raises:
         InputError: the address cannot be bound.
     """
+    if threads is None:
+        config = getattr(app, "config", None) or {}
+        threads = int(config.get(SERVER_THREADS_KEY, SERVER_THREADS))
     try:
         return Server(
             app,
@@ -301,7 +342,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
             max_files=args.max_files,
             temp_root=root,
+            max_queue=args.max_queue,
+            max_result_mb=args.max_result_mb,
+            result_ttl_s=args.result_ttl,
         )
+        fusions = app.extensions[FUSION_QUEUE_KEY]  # its threads start with the first fusion
         server = make_server(app, args.host, args.port, max_upload_mb=args.max_upload_mb)
         try:
             print(f"textmef serve: open {server.url} in a browser (Ctrl+C stops)", flush=True)
@@ -314,5 +359,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             serve_forever(server)
         finally:
             server.close()
+            fusions.close()  # fails fusions still waiting; waits briefly for a running one
     print("textmef serve: stopped", flush=True)
     return 0

@@ -10,6 +10,8 @@
   const suffixes = config.suffixes.split(",");
   // Browsers cannot show TIFF, so those get a placeholder until the server's previews come.
   const showable = new Set([".png", ".jpg", ".jpeg"]);
+  // A busy server (503) is asked once more after its Retry-After, if that is this soon.
+  const maxAutoRetrySeconds = 120;
 
   const el = {
     files: $("files"), dropzone: $("dropzone"), thumbs: $("thumbs"), note: $("thumbs-note"),
@@ -128,6 +130,42 @@
     document.body.setAttribute("aria-busy", on ? "true" : "false");
   }
 
+  // One POST of the form: the response and its JSON (null when the body is not JSON).
+  async function send(form) {
+    let response;
+    try {
+      response = await fetch("api/fuse", { method: "POST", body: form });
+    } catch (err) {
+      throw new Error("Could not reach the textmef server; is it still running?");
+    }
+    let data = null;
+    try {
+      data = await response.json();
+    } catch (err) {
+      data = null; // waitress answers some refusals (e.g. huge uploads) in plain text
+    }
+    return { response, data };
+  }
+
+  // Retry-After in whole seconds (at least 1), or null when the server gave none.
+  function retryAfter(response) {
+    const seconds = Number.parseInt(response.headers.get("Retry-After") || "", 10);
+    return Number.isFinite(seconds) ? Math.max(1, seconds) : null;
+  }
+
+  function busyMessage(data, seconds) {
+    if (data && data.error) return data.error;
+    return "The server is busy" + (seconds ? `; try again in ${seconds} s.` : "; try again soon.");
+  }
+
+  // Wait `seconds`, counting down in the status line.
+  async function countdown(seconds) {
+    for (let left = seconds; left > 0; left -= 1) {
+      el.busy.textContent = `The server is busy; trying again in ${left} s…`;
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+  }
+
   async function fuse() {
     const problem = problemWith(files);
     if (problem) {
@@ -135,23 +173,26 @@
       return;
     }
     showError("");
-    setBusy(true, `Fusing ${files.length} photos…`);
+    const fusing = `Fusing ${files.length} photos…`;
+    setBusy(true, fusing);
     try {
       const form = new FormData();
       files.forEach((f) => form.append("files", f, f.name));
       form.append("method", el.method.value);
       form.append("align", el.align.checked ? "1" : "0");
-      let response;
-      try {
-        response = await fetch("api/fuse", { method: "POST", body: form });
-      } catch (err) {
-        throw new Error("Could not reach the textmef server; is it still running?");
-      }
-      let data = null;
-      try {
-        data = await response.json();
-      } catch (err) {
-        data = null; // waitress answers some refusals (e.g. huge uploads) in plain text
+      let { response, data } = await send(form);
+      if (response.status === 503) {
+        const seconds = retryAfter(response);
+        if (seconds === null || seconds > maxAutoRetrySeconds) {
+          throw new Error(busyMessage(data, seconds));
+        }
+        // The server's own message stays up while the page waits, then it asks once more.
+        showError(busyMessage(data, seconds));
+        await countdown(seconds);
+        showError("");
+        el.busy.textContent = fusing;
+        ({ response, data } = await send(form));
+        if (response.status === 503) throw new Error(busyMessage(data, retryAfter(response)));
       }
       if (!response.ok) {
         if (data && data.error) throw new Error(data.error);
@@ -205,9 +246,13 @@
     chooseInput(data);
     setPosition(50);
 
+    const compute = data.compute_seconds ?? data.seconds;
     const parts = [`${data.width}×${data.height}`, `${data.bit_depth}-bit PNG`,
-      data.strategy ? `${data.method} (${data.strategy})` : data.method, `${count} photos`, `${data.seconds.toFixed(2)} s`];
+      data.strategy ? `${data.method} (${data.strategy})` : data.method, `${count} photos`,
+      `${compute.toFixed(2)} s`];
     if (data.align) parts.splice(3, 0, "aligned");
+    // Time spent waiting for other fusions is shown apart from the fusion's own.
+    if (data.queue_seconds > 0.1) parts.push(`${data.queue_seconds.toFixed(1)} s in the queue`);
     el.meta.textContent = parts.join(" · ");
     el.download.href = data.download_url;
     el.download.setAttribute("download", data.filename);
