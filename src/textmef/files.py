@@ -95,6 +95,7 @@ def check_image_file(
     if fmt is None:
         raise InputError(path, "is not a PNG, TIFF or JPEG image")
     if fmt == "PNG":
+        _check_png_chunks(path)
         width, height, layout = _png_header(head)
     else:
         width, height, layout = _header_size(path, fmt, max_pixels)
@@ -126,6 +127,28 @@ ALPHA_PROBLEM = (
 _PNG_LAYOUT = {0: "gray", 4: "gray", 6: "alpha"}
 _MODE_LAYOUT = {"1": "gray", "L": "gray", "I": "gray", "I;16": "gray", "I;16B": "gray",
                 "F": "gray", "LA": "gray", "RGBA": "alpha", "PA": "alpha"}  # fmt: skip
+
+
+def _check_png_chunks(path: Path) -> None:
+    """Refuse a PNG whose chunks run past the end of the file, before anything decodes it.
+
+    OpenCV allocates a chunk's declared length up front: a 10 kB PNG claiming a 4 GB IDAT
+    chunk would cost 4 GB of memory on each decode, and a truncated file is caught here
+    too. Only the 8-byte chunk headers up to IEND are read (seeks over the data).
+    """
+    end = path.stat().st_size
+    with open(path, "rb") as stream:
+        pos = 8
+        while pos + 8 <= end:
+            stream.seek(pos)
+            head = stream.read(8)
+            length, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            pos += 12 + length  # length, type, data, CRC
+            if pos > end:
+                raise InputError(path, "is a damaged or truncated PNG file")
+            if kind == b"IEND":
+                return
+    raise InputError(path, "is a damaged or truncated PNG file")  # no IEND: cut short
 
 
 def _png_header(head: bytes) -> tuple[int, int, str | None]:

@@ -111,7 +111,6 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
     path = Path(path)
     check_image_file(path, max_pixels)
     data = _read_bytes(path)
-    _check_png_chunks(path, data)
     _check_jpeg_scans(path, data)
     raw = _decode(path, data, _INSPECT_FLAGS)
     bit_depth = _bit_depth(path, raw.dtype)
@@ -248,27 +247,6 @@ def _check_jpeg_scans(path: Path, data: np.ndarray) -> None:
             f"is a JPEG of {scans} scans (a photo has a few dozen at most); refused, since "
             "decoding it would take minutes",
         )
-
-
-def _check_png_chunks(path: Path, data: np.ndarray) -> None:
-    """Refuse a PNG whose chunk lengths run past the end of the file, before decoding it.
-
-    OpenCV allocates a chunk's declared length up front: a 10 kB PNG claiming a 4 GB
-    IDAT chunk would cost 4 GB of memory on each decode. Walking the 8-byte chunk
-    headers up to IEND reads no pixel data.
-    """
-    if magic_format(data[:8].tobytes()) != "PNG":
-        return
-    view = data.data  # a memoryview of the bytes, no copy
-    pos, end = 8, len(view)
-    while pos + 8 <= end:
-        length = int.from_bytes(view[pos : pos + 4], "big")
-        kind = view[pos + 4 : pos + 8].tobytes()
-        pos += 12 + length  # length, type, data, CRC
-        if pos > end:
-            raise InputError(path, "is a damaged or truncated PNG file")
-        if kind == b"IEND":
-            return
 
 
 def _decode(path: Path, data: np.ndarray, flags: int) -> np.ndarray:
