@@ -7,14 +7,12 @@ bounded by the tile size, not by the image size.
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import sys
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from textmef.runtime import tune_allocator
 from textmef.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling, tile_grid
 
 __all__ = ["DEFAULT_OVERLAP", "DEFAULT_TILE", "check_tiling", "fuse_tensors", "tile_grid"]
@@ -42,25 +40,6 @@ def _ramp(length: int, start: int, stop: int, total: int, overlap: int) -> torch
     if stop < total and n:
         w[-n:] = torch.minimum(w[-n:], profile.flip(0))
     return w
-
-
-@functools.cache
-def tune_allocator() -> None:
-    """Keep big freed blocks in glibc's heap instead of returning them to the OS.
-
-    Every activation here is tens of MB, above glibc's mmap threshold, so by default each
-    one is a fresh mmap whose pages fault in one by one; reusing heap memory halves the
-    run time of a forward pass on CPU. Only applies on glibc (Linux).
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 1 << 30)
-    libc.mallopt(m_trim_threshold, 1 << 30)
 
 
 @torch.no_grad()

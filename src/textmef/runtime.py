@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import sys
+
 import torch
 
 from textmef.errors import InputError
 
-__all__ = ["resolve_device", "set_threads"]
+__all__ = ["resolve_device", "set_threads", "tune_allocator"]
 
 
 def set_threads(threads: int) -> None:
@@ -35,3 +39,24 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise InputError(None, f"unsupported device {device!r}; use cpu or cuda")
     return dev
+
+
+@functools.cache
+def tune_allocator() -> None:
+    """Keep big freed blocks in glibc's heap instead of returning them to the OS.
+
+    Every activation here is tens of MB, above glibc's mmap threshold, so by default each
+    one is a fresh mmap whose pages fault in one by one; reusing heap memory halves the
+    run time of a forward pass on CPU, and of a C = 64 training step (7.9 s -> 3.7 s for
+    8 crops of 96 px on 2 cores). Only applies on glibc (Linux); called once per process
+    by inference and training.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, 1 << 30)

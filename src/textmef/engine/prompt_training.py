@@ -212,6 +212,9 @@ def train_prompts(
             one naming the temporary files of a killed run that were removed, if any.
         info: Extra facts to store in the prompts file (e.g. the CLIP file's name).
     """
+    from textmef.runtime import tune_allocator
+
+    tune_allocator()
     started = time.perf_counter()
     for exposure in EXPOSURES:
         if not folders.get(exposure):

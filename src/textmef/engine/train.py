@@ -275,8 +275,9 @@ def train(
     dist_info = init_distributed(config.run.device)
     if not dist_info.main:
         report = _silent  # only rank 0 talks
-    from textmef.runtime import resolve_device, set_threads
+    from textmef.runtime import resolve_device, set_threads, tune_allocator
 
+    tune_allocator()  # halves a C = 64 step on CPU: activations reuse heap memory
     device = resolve_device(config.run.device)
     if device.type == "cuda" and dist_info.active:
         device = torch.device("cuda", dist_info.local_rank)
