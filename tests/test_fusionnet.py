@@ -125,3 +125,126 @@ def test_token_major_causal_conv_equals_the_depthwise_conv1d():
     ref = torch.autograd.grad(expected.square().sum(), (x, conv.weight, conv.bias))
     for a, b in zip(grads, ref):
         torch.testing.assert_close(a, b)
+
+
+# The block forwards as they were before the in-place rewrite of textmef.nn.blocks, verbatim
+# (bodies unchanged; only `self` became the first argument of plain functions).
+def _old_hin_forward(self, x):
+    import torch.nn.functional as F
+
+    y = F.leaky_relu(self.conv_1(x), self.slope)
+    a, b = y.chunk(2, dim=1)
+    y = torch.cat([self.norm(a), b], dim=1)
+    return x + F.leaky_relu(self.conv_2(y), self.slope)
+
+
+def _old_channel_attention_forward(self, x):
+    import torch.nn.functional as F
+
+    res = self.process(x)
+    gate = torch.sigmoid(self.excite(F.relu(self.squeeze(res.mean((2, 3), keepdim=True)))))
+    return gate * res + x
+
+
+def _old_cga_forward(self, under, over):
+    s = under + over
+    sattn = self.spatial(torch.cat([s.mean(1, keepdim=True), s.amax(1, keepdim=True)], 1))
+    p1 = self.channel(s) + sattn
+    paired = torch.stack([s, p1], dim=2).flatten(1, 2)
+    w = torch.sigmoid(torch.sigmoid(self.pixel(paired)))
+    return self.project(s + w * under + (1 - w) * over)
+
+
+def _old_attention_act(self, x):
+    import torch.nn.functional as F
+
+    return F.leaky_relu(x, self.slope)
+
+
+def _old_attention_forward(self, features):
+    import torch.nn.functional as F
+
+    att = self._act(self.fe2(self._act(self.fe1(features))))
+    att = self._act(self.att_1(att))
+    att_max, att_avg = self._pools(att)
+    att_max = self._scan_map(att_max, self.max_to_token, self.mamba_max)
+    att_avg = self._scan_map(att_avg, self.avg_to_token, self.mamba_avg)
+    att = self._act(self.att_2(torch.cat([att_max, att_avg], 1)))
+    level = self._act(self.level_1(att))
+    level = self._act(self.level_2(torch.cat(self._pools(level), 1)))
+    level = self._act(self.level_3(level))
+    level = F.interpolate(level, size=att.shape[-2:], mode="bilinear", align_corners=False)
+    att = self._act(self.att_4(self._act(self.att_3(att)) + level))
+    att = F.interpolate(att, size=features.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.sigmoid(self.att_5(att))
+
+
+def _old_mutual_forward(self, under, over, res_under, res_over):
+    res_under = under + res_under
+    res_over = over + res_over
+    under = self.norm_under(res_under)
+    over = self.norm_over(res_over)
+    half = under.shape[-1] // 2
+    swapped_under = torch.cat([over[..., :half], under[..., half:]], -1)
+    swapped_over = torch.cat([under[..., :half], over[..., half:]], -1)
+    return (self.mamba_under(swapped_under), self.mamba_over(swapped_over), res_under, res_over)
+
+
+def _old_deep_fuse_forward(self, tokens, residual, height, width):
+    from textmef.nn.blocks import map_from_tokens
+
+    residual = tokens + residual
+    x = map_from_tokens(self.mamba(self.norm(self.norm(residual))), height, width)
+    return x + self.dwconv(x)
+
+
+def _use_old_blocks(monkeypatch):
+    from textmef.nn import blocks
+
+    monkeypatch.setattr(blocks.HINResBlock, "forward", _old_hin_forward)
+    monkeypatch.setattr(blocks.ChannelAttentionResidual, "forward", _old_channel_attention_forward)
+    monkeypatch.setattr(blocks.CGAFusion, "forward", _old_cga_forward)
+    monkeypatch.setattr(blocks.AttentionMamba, "_act", _old_attention_act)
+    monkeypatch.setattr(blocks.AttentionMamba, "forward", _old_attention_forward)
+    monkeypatch.setattr(blocks.MutualGuidedBlock, "forward", _old_mutual_forward)
+    monkeypatch.setattr(blocks.DeepFuseBlock, "forward", _old_deep_fuse_forward)
+
+
+def _forward_and_grads(model, under, over):
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        inference = model(under, over)
+    out = model(under, over)
+    (out - 0.5).pow(2).mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    return inference, out.detach(), grads
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TINY,
+        FusionNetConfig(width=16, d_state=4),
+        dataclasses.replace(TINY, mutual_swap=False),
+        dataclasses.replace(TINY, deep_fuse=False),
+    ],
+    ids=["tiny", "c16", "no-swap", "no-deep-fuse"],
+)
+def test_in_place_blocks_match_the_out_of_place_code_before_them(config, monkeypatch):
+    torch.manual_seed(0)
+    model = FusionNet(config)
+    for p in model.parameters():  # larger weights than the init, so every path matters
+        p.data.add_(torch.randn_like(p) * 0.05)
+    scale = torch.linspace(0.3, 2.0, 2).view(-1, 1, 1, 1)
+    under, over = torch.rand(2, 3, 23, 30) * scale, torch.rand(2, 3, 23, 30) * scale.flip(0)
+    new = _forward_and_grads(model, under, over)
+    with monkeypatch.context() as m:
+        _use_old_blocks(m)
+        old = _forward_and_grads(model, under, over)
+    torch.testing.assert_close(new[0], old[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(new[1], old[1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(new[0], new[1], rtol=0, atol=1e-5)
+    assert new[2].keys() == old[2].keys()
+    for name, grad in new[2].items():
+        scale_ = max(old[2][name].abs().max().item(), 1.0)
+        torch.testing.assert_close(grad, old[2][name], rtol=0, atol=1e-5 * scale_, msg=name)

@@ -2,6 +2,12 @@
 
 Each block mirrors what the authors' code *runs* (not only what the paper draws); where the
 two differ it says so, because reproducing the method means reproducing those details.
+
+Element-wise work is done in place wherever autograd allows: activations overwrite the
+convolution outputs they follow (a convolution's backward does not need its output), and
+when no graph is being recorded (inference under ``torch.no_grad``) sums and the channel
+swaps reuse buffers too. The results equal the plain out-of-place forms up to float rounding
+(tests/test_fusionnet.py compares them with the code before this rewrite).
 """
 
 from __future__ import annotations
@@ -13,6 +19,11 @@ from torch import nn
 from textmef.nn.mamba import Mamba
 
 
+def _recording() -> bool:
+    """Whether autograd records this forward (then no saved tensor may be overwritten)."""
+    return torch.is_grad_enabled()
+
+
 def tokens_from_map(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, H*W, C), row-major pixel order (a free view for channels_last)."""
     return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
@@ -21,6 +32,11 @@ def tokens_from_map(x: torch.Tensor) -> torch.Tensor:
 def map_from_tokens(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(B, H*W, C) -> (B, C, H, W) in channels_last memory order (a view, no copy)."""
     return tokens.reshape(tokens.shape[0], height, width, tokens.shape[2]).permute(0, 3, 1, 2)
+
+
+def _is_zero(x: object) -> bool:
+    """The residual placeholder ``0`` that FusionNet passes before the first block."""
+    return isinstance(x, (int, float)) and x == 0
 
 
 class HINResBlock(nn.Module):
@@ -34,10 +50,14 @@ class HINResBlock(nn.Module):
         self.slope = slope
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        y = F.leaky_relu(self.conv_1(x), self.slope)
-        a, b = y.chunk(2, dim=1)
-        y = torch.cat([self.norm(a), b], dim=1)
-        return x + F.leaky_relu(self.conv_2(y), self.slope)
+        y = F.leaky_relu(self.conv_1(x), self.slope, inplace=True)
+        if _recording():
+            a, b = y.chunk(2, dim=1)
+            y = torch.cat([self.norm(a), b], dim=1)
+            return x + F.leaky_relu(self.conv_2(y), self.slope, inplace=True)
+        a = y[:, : y.shape[1] // 2]  # normalised into y's first half: no cat
+        a.copy_(self.norm(a))
+        return F.leaky_relu(self.conv_2(y), self.slope, inplace=True).add_(x)
 
 
 class Encoder(nn.Sequential):
@@ -60,7 +80,7 @@ class ChannelAttentionResidual(nn.Module):
         hidden = channels // reduction
         self.process = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(channels, channels, 3, padding=1),
         )
         self.squeeze = nn.Conv2d(channels, hidden, 1)
@@ -69,7 +89,7 @@ class ChannelAttentionResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         res = self.process(x)
         gate = torch.sigmoid(self.excite(F.relu(self.squeeze(res.mean((2, 3), keepdim=True)))))
-        return gate * res + x
+        return torch.addcmul(x, gate, res)
 
 
 class CGAFusion(nn.Module):
@@ -87,12 +107,18 @@ class CGAFusion(nn.Module):
     def forward(self, under: torch.Tensor, over: torch.Tensor) -> torch.Tensor:  # noqa: D102
         s = under + over
         sattn = self.spatial(torch.cat([s.mean(1, keepdim=True), s.amax(1, keepdim=True)], 1))
-        p1 = self.channel(s) + sattn
+        p1 = self.channel(s).add_(sattn)  # addcmul's output: not saved for backward
         # Interleave channels (s_0, p_0, s_1, p_1, ...) so each group of the conv sees one pair.
-        paired = torch.stack([s, p1], dim=2).flatten(1, 2)
+        # Stacked last in (B, H, W, C, 2) order: channels_last like the maps around it.
+        b, c, h, w_ = s.shape
+        paired = torch.stack([s.permute(0, 2, 3, 1), p1.permute(0, 2, 3, 1)], dim=-1)
+        paired = paired.reshape(b, h, w_, 2 * c).permute(0, 3, 1, 2)
         # The authors apply sigmoid twice (inside PixelAttention and again in CGAFusion).
-        w = torch.sigmoid(torch.sigmoid(self.pixel(paired)))
-        return self.project(s + w * under + (1 - w) * over)
+        w = self.pixel(paired).sigmoid_()
+        # s + w * under + (1 - w) * over, as (s + over) + w * (under - over).
+        if _recording():
+            return self.project(torch.addcmul(s + over, w.sigmoid(), under - over))
+        return self.project(s.add_(over).addcmul_(w.sigmoid_(), under - over))
 
 
 class Refine(nn.Module):
@@ -143,7 +169,8 @@ class AttentionMamba(nn.Module):
         self.slope = slope
 
     def _act(self, x: torch.Tensor) -> torch.Tensor:
-        return F.leaky_relu(x, self.slope)
+        """LeakyReLU in place: every caller passes a fresh convolution output."""
+        return F.leaky_relu(x, self.slope, inplace=True)
 
     @staticmethod
     def _pools(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,9 +192,11 @@ class AttentionMamba(nn.Module):
         level = self._act(self.level_2(torch.cat(self._pools(level), 1)))
         level = self._act(self.level_3(level))
         level = F.interpolate(level, size=att.shape[-2:], mode="bilinear", align_corners=False)
-        att = self._act(self.att_4(self._act(self.att_3(att)) + level))
+        att_3 = self._act(self.att_3(att))
+        att_3 = att_3 + level if _recording() else att_3.add_(level)
+        att = self._act(self.att_4(att_3))
         att = F.interpolate(att, size=features.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.sigmoid(self.att_5(att))
+        return self.att_5(att).sigmoid_()
 
 
 class MutualGuidedBlock(nn.Module):
@@ -181,13 +210,20 @@ class MutualGuidedBlock(nn.Module):
         self.mamba_over = Mamba(width, d_state=d_state, expand=expand)
 
     def forward(self, under, over, res_under, res_over):  # noqa: D102
-        res_under = under + res_under
-        res_over = over + res_over
+        # The first block gets residuals 0: the sum would only copy the tokens.
+        res_under = under if _is_zero(res_under) else under + res_under
+        res_over = over if _is_zero(res_over) else over + res_over
         under = self.norm_under(res_under)
         over = self.norm_over(res_over)
         half = under.shape[-1] // 2
-        swapped_under = torch.cat([over[..., :half], under[..., half:]], -1)
-        swapped_over = torch.cat([under[..., :half], over[..., half:]], -1)
+        if _recording():
+            swapped_under = torch.cat([over[..., :half], under[..., half:]], -1)
+            swapped_over = torch.cat([under[..., :half], over[..., half:]], -1)
+        else:  # swap the first halves of the two fresh LayerNorm outputs in place
+            first = under[..., :half].clone()
+            under[..., :half] = over[..., :half]
+            over[..., :half] = first
+            swapped_under, swapped_over = under, over
         return (self.mamba_under(swapped_under), self.mamba_over(swapped_over), res_under, res_over)
 
 
@@ -202,7 +238,7 @@ class DeepFuseBlock(nn.Module):
 
     def forward(self, tokens, residual, height: int, width: int) -> torch.Tensor:
         """Return the fused map (B, C, H, W); the residual stream ends here."""
-        residual = tokens + residual
+        residual = tokens if _is_zero(residual) else tokens + residual
         # The authors' CrossMamba applies the same LayerNorm twice; kept for fidelity.
         x = map_from_tokens(self.mamba(self.norm(self.norm(residual))), height, width)
-        return x + self.dwconv(x)
+        return self.dwconv(x).add_(x)  # the conv's output is not saved for its backward
