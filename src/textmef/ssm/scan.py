@@ -7,6 +7,10 @@
 * ``"reference"``: the sequential loop of :mod:`textmef.ssm.reference` (slow, for tests).
 
 ``"auto"`` picks numba on CPU, mamba_ssm on CUDA if importable, otherwise torch.
+
+``"fused"`` (CPU, numba) names the fused Mamba inner pass of :mod:`textmef.ssm.fused`, which
+:class:`textmef.nn.mamba.Mamba` then uses in place of the composition around the scan (opt-in:
+``"auto"`` keeps the composition); a bare :func:`selective_scan` runs the numba kernel for it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from textmef.ssm.reference import selective_scan_reference
 
-BACKENDS = ("auto", "numba", "torch", "mamba_ssm", "reference")
+BACKENDS = ("auto", "numba", "torch", "mamba_ssm", "reference", "fused")
 DEFAULT_CHUNK = 128
 _CHANNEL_BLOCK = 64
 
@@ -155,8 +159,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if device.type == "cuda" and mamba_ssm_available():
             return "mamba_ssm"
         return "torch"
-    if backend == "numba" and device.type != "cpu":
-        raise ValueError("the numba scan backend runs on CPU tensors only")
+    if backend in ("numba", "fused") and device.type != "cpu":
+        raise ValueError(f"the {backend} scan backend runs on CPU tensors only")
+    if backend == "fused" and not numba_available():
+        raise ValueError("scan backend 'fused' requested but numba is not installed")
     if backend == "mamba_ssm" and not mamba_ssm_available():
         raise ValueError("scan backend 'mamba_ssm' requested but the package is not installed")
     return backend
@@ -187,7 +193,7 @@ def selective_scan(
         y, (batch, length, d_inner). Differentiable in every input.
     """
     backend = resolve_backend(backend, u.device)
-    if backend == "numba":
+    if backend in ("numba", "fused"):
         dtype = torch.promote_types(u.dtype, torch.float32)
         inputs = [t.to(dtype) for t in (u, delta, A, B, C)]
         keep = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
