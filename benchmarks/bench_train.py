@@ -25,9 +25,10 @@ def case_step(model_name: str, threads: int, batch: int, crop: int, repeats: int
     import torch
 
     from textmef.models import create_model
-    from textmef.runtime import set_threads
+    from textmef.runtime import set_threads, tune_allocator
 
     set_threads(threads)
+    tune_allocator()  # as textmef.engine.train does
     torch.manual_seed(0)
     model = create_model(model_name).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
