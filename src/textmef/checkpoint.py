@@ -30,6 +30,7 @@ __all__ = [
     "is_authors_checkpoint",
     "load_checkpoint",
     "load_state",
+    "model_from_authors_state",
     "packaged_weights_path",
     "read_checkpoint",
     "read_checkpoint_info",
@@ -123,10 +124,18 @@ def convert_authors_checkpoint(path: str | Path) -> tuple[FusionNet, dict[str, s
         CheckpointError: not the authors' fusion network (e.g. their prompt file), or a
             file that cannot be read safely.
     """
-    from textmef.authors import from_authors_state, is_authors_prompts, read_authors_file
+    from textmef.authors import read_authors_file
 
     path = Path(path)
-    state = read_authors_file(path)
+    return model_from_authors_state(read_authors_file(path), path)
+
+
+def model_from_authors_state(
+    state: dict[str, torch.Tensor], path: Path
+) -> tuple[FusionNet, dict[str, str]]:
+    """:func:`convert_authors_checkpoint` for a state dict already read from ``path``."""
+    from textmef.authors import from_authors_state, is_authors_prompts
+
     if is_authors_prompts(state):
         raise CheckpointError(
             path,

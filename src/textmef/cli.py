@@ -179,15 +179,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     state = read_authors_file(source)
     if is_authors_prompts(state):
         return _convert_prompts(state, args)
-    return _convert_network(source, out)
+    return _convert_network(state, source, out)
 
 
-def _convert_network(source: Path, out: Path) -> int:
+def _convert_network(state: Any, source: Path, out: Path) -> int:
     import json
 
-    from textmef.checkpoint import convert_authors_checkpoint, save_checkpoint
+    from textmef.checkpoint import model_from_authors_state, save_checkpoint
 
-    model, metadata = convert_authors_checkpoint(source)
+    model, metadata = model_from_authors_state(state, source)
     save_checkpoint(model, out, {k: metadata[k] for k in ("source", "dropped", "dropped_values")})
     dropped = json.loads(metadata["dropped"])
     print(
@@ -934,18 +934,17 @@ def _fuse_folders(args: argparse.Namespace) -> int:
         for path in remove_stale_temp_files(out):
             log.info("removed %s, left by an interrupted run", path.name)
     model = _load_model(args) if ready else None
+    fused = 0
     for under, over, target in tqdm(ready, desc="fusing", unit="pair", disable=None):
         try:
             note = _fuse_files(model, [under, over], target, args)
+            fused += 1
             if note and args.align:
                 tqdm.write(f"{target.name}: {note}")
         except InputError as exc:
             failures += 1
             tqdm.write(f"textmef: error: {exc}", file=sys.stderr)
-    print(
-        f"fused {len(ready) - failures + (len(jobs) - len(ready))} pair(s) into {out}"
-        + (f"; {failures} failed" if failures else "")
-    )
+    print(f"fused {fused} pair(s) into {out}" + (f"; {failures} failed" if failures else ""))
     return 1 if failures else 0
 
 
