@@ -1,8 +1,12 @@
-"""Tiled inference: any image size with bounded memory.
+"""Tiled inference: any image size with bounded memory, the same result as one piece.
 
-The image is cut into overlapping tiles; each tile is fused on its own and the results are
-blended with weights that ramp linearly across the overlap, so seams do not show. Memory is
-bounded by the tile size, not by the image size.
+The image is cut into overlapping full-width strips (:func:`textmef.tiling.tile_grid`).
+Fusing each strip on its own would normalise and pool every strip with its own statistics,
+so tiled output would drift from whole-image output in tone, strip by strip. Instead two
+passes run: the first records the image-wide statistics of the network's global operations
+over the strips' cores (:mod:`textmef.nn.global_stats`; no output is kept), the second fuses
+every strip with those shared statistics and blends the strips with weights that ramp
+linearly across the overlap. Memory stays bounded by the strip size.
 """
 
 from __future__ import annotations
@@ -12,8 +16,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from textmef.nn.global_stats import SharedStatistics, sharing_statistics
 from textmef.runtime import tune_allocator
-from textmef.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling, tile_grid
+from textmef.tiling import (
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
+    check_tiling,
+    tile_grid,
+    tiles_with_cores,
+)
 
 __all__ = ["DEFAULT_OVERLAP", "DEFAULT_TILE", "check_tiling", "fuse_tensors", "tile_grid"]
 
@@ -42,6 +53,30 @@ def _ramp(length: int, start: int, stop: int, total: int, overlap: int) -> torch
     return w
 
 
+def record_statistics(
+    model: nn.Module,
+    under: torch.Tensor,
+    over: torch.Tensor,
+    tiles: list[tuple[slice, slice, slice]],
+    on_tile: Callable[[], None] | None = None,
+) -> SharedStatistics:
+    """Image-wide statistics of ``model``'s global operations, gathered tile by tile.
+
+    Each tile's statistics are summed over its core rows only, which partition the image,
+    so every pixel counts once and none is taken from next to a cut.
+    """
+    stats = SharedStatistics()
+    with sharing_statistics(stats):
+        for rows, cols, core in tiles:
+            stats.region = (core, slice(None))
+            model(under[..., rows, cols], over[..., rows, cols])
+            if on_tile:
+                on_tile()
+    stats.region = None
+    stats.recording = False
+    return stats
+
+
 @torch.no_grad()
 def fuse_tensors(
     model: nn.Module,
@@ -51,6 +86,7 @@ def fuse_tensors(
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     on_tile: Callable[[int, int], None] | None = None,
+    shared_statistics: bool = True,
 ) -> torch.Tensor:
     """Fuse (B,3,H,W) tensors tile by tile; returns the unclamped network output.
 
@@ -58,22 +94,39 @@ def fuse_tensors(
         model: A fusion network taking (under, over).
         under: Under-exposed images, float in [0, 1], (B, 3, H, W), on the model's device.
         over: Over-exposed images, same shape.
-        tile: Tile side in pixels; 0 fuses the whole image at once.
-        overlap: Pixels shared by neighbouring tiles, blended linearly.
-        on_tile: Called as ``on_tile(done, total)`` after each tile (progress bars).
+        tile: Pixel budget of a tile, ``tile * tile`` pixels; 0 fuses the whole image at once.
+        overlap: Rows shared by neighbouring tiles, blended linearly.
+        on_tile: Called as ``on_tile(done, total)`` after each tile of each pass.
+        shared_statistics: Normalise and pool every tile with the whole image's statistics
+            (a first pass records them); False fuses each tile on its own (one pass, the
+            behaviour before 0.3, for comparison).
     """
     tune_allocator()
     height, width = under.shape[-2:]
-    tiles = list(tile_grid(height, width, tile, overlap))
+    tiles = tiles_with_cores(height, width, tile, overlap)
     if len(tiles) <= 1:
         out = model(under, over)
         if on_tile:
             on_tile(1, 1)
         return out
+    total = len(tiles) * (2 if shared_statistics else 1)
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if on_tile:
+            on_tile(done, total)
+
+    stats = record_statistics(model, under, over, tiles, tick) if shared_statistics else None
     acc = torch.zeros_like(under)
     weight = under.new_zeros(1, 1, height, width)
-    for i, (rows, cols) in enumerate(tiles):
-        out = model(under[..., rows, cols], over[..., rows, cols])
+    for rows, cols, _ in tiles:
+        if stats is None:
+            out = model(under[..., rows, cols], over[..., rows, cols])
+        else:
+            with sharing_statistics(stats):
+                out = model(under[..., rows, cols], over[..., rows, cols])
         w = (
             _ramp(rows.stop - rows.start, rows.start, rows.stop, height, overlap)[:, None]
             * _ramp(cols.stop - cols.start, cols.start, cols.stop, width, overlap)[None, :]
@@ -81,6 +134,5 @@ def fuse_tensors(
         w = w.to(out)
         acc[..., rows, cols] += out * w
         weight[..., rows, cols] += w
-        if on_tile:
-            on_tile(i + 1, len(tiles))
+        tick()
     return acc / weight

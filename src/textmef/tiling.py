@@ -1,8 +1,9 @@
 """How an image is cut into tiles: the defaults, the checks and the grid (no torch).
 
-One meaning everywhere (API, CLI, web app, bench): ``tile`` is the side of the square tiles
-in pixels and ``0`` fuses the whole image in one piece; ``overlap`` is the width that
-neighbouring tiles share.
+One meaning everywhere (API, CLI, web app, bench): ``tile`` sets the pixel budget of a tile,
+``tile * tile`` pixels (tiles are full-width strips of about that many pixels, see
+:func:`tile_grid`), and ``0`` fuses the whole image in one piece; ``overlap`` is the number
+of rows that neighbouring strips share.
 """
 
 from __future__ import annotations
@@ -11,10 +12,19 @@ from collections.abc import Iterator
 
 from textmef.errors import InputError
 
-__all__ = ["DEFAULT_OVERLAP", "DEFAULT_TILE", "check_tiling", "tile_grid"]
+__all__ = [
+    "DEFAULT_OVERLAP",
+    "DEFAULT_TILE",
+    "check_tiling",
+    "strip_rows",
+    "tile_grid",
+    "tiles_with_cores",
+]
 
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 32
+# The network pools twice by 2 and convolves 3x3: a strip needs some rows to mean anything.
+_MIN_STRIP_ROWS = 16
 
 
 def check_tiling(tile: int, overlap: int) -> None:
@@ -31,6 +41,11 @@ def check_tiling(tile: int, overlap: int) -> None:
         raise InputError(None, f"tile ({tile}) must exceed overlap ({overlap}); 0 = no tiles")
 
 
+def strip_rows(height: int, width: int, tile: int, overlap: int) -> int:
+    """Rows per strip: about ``tile * tile`` pixels, never fewer rows than the overlap needs."""
+    return min(height, max(tile * tile // width, 4 * overlap, _MIN_STRIP_ROWS))
+
+
 def _starts(size: int, tile: int, step: int) -> list[int]:
     if size <= tile:
         return [0]
@@ -40,18 +55,36 @@ def _starts(size: int, tile: int, step: int) -> list[int]:
 
 
 def tile_grid(height: int, width: int, tile: int, overlap: int) -> Iterator[tuple[slice, slice]]:
-    """Yield (rows, cols) slices of tiles covering the image.
+    """Yield (rows, cols) slices of the tiles covering the image.
 
     An image of at most ``tile * tile`` pixels, or any image with ``tile == 0``, is one
     tile whatever its shape (a 600x400 photo is not cut by a 512 tile: cutting would add
-    work and seams without saving memory); larger images are cut into ``tile`` x ``tile``
-    squares.
+    work without saving memory). Larger images are cut into full-width strips of about
+    ``tile * tile`` pixels that share ``overlap`` rows: the network scans its tokens row
+    by row, so a strip as wide as the image gives every row the same scan context as the
+    whole image does, where square tiles would wrap each row at the tile's edge.
+    """
+    for rows, cols, _ in tiles_with_cores(height, width, tile, overlap):
+        yield rows, cols
+
+
+def tiles_with_cores(
+    height: int, width: int, tile: int, overlap: int
+) -> list[tuple[slice, slice, slice]]:
+    """(rows, cols, core) of every tile; the cores partition the image's rows.
+
+    ``core`` is relative to the tile: the rows this tile alone stands for, from the middle
+    of its overlap with the previous tile to the middle of its overlap with the next, so
+    that statistics summed over the cores count every pixel exactly once.
     """
     check_tiling(tile, overlap)
     if tile == 0 or height * width <= tile * tile:
-        yield slice(0, height), slice(0, width)
-        return
-    step = tile - overlap
-    for top in _starts(height, tile, step):
-        for left in _starts(width, tile, step):
-            yield slice(top, min(top + tile, height)), slice(left, min(left + tile, width))
+        return [(slice(0, height), slice(0, width), slice(0, height))]
+    rows = strip_rows(height, width, tile, overlap)
+    strips = [slice(top, top + rows) for top in _starts(height, rows, rows - overlap)]
+    out = []
+    for i, strip in enumerate(strips):
+        first = 0 if i == 0 else (strip.start + strips[i - 1].stop) // 2
+        last = height if i == len(strips) - 1 else (strips[i + 1].start + strip.stop) // 2
+        out.append((strip, slice(0, width), slice(first - strip.start, last - strip.start)))
+    return out

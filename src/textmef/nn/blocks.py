@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from textmef.nn.global_stats import global_mean, instance_norm
 from textmef.nn.mamba import Mamba
 
 
@@ -53,10 +54,10 @@ class HINResBlock(nn.Module):
         y = F.leaky_relu(self.conv_1(x), self.slope, inplace=True)
         if _recording():
             a, b = y.chunk(2, dim=1)
-            y = torch.cat([self.norm(a), b], dim=1)
+            y = torch.cat([instance_norm(self.norm, a), b], dim=1)
             return x + F.leaky_relu(self.conv_2(y), self.slope, inplace=True)
         a = y[:, : y.shape[1] // 2]  # normalised into y's first half: no cat
-        a.copy_(self.norm(a))
+        a.copy_(instance_norm(self.norm, a))
         return F.leaky_relu(self.conv_2(y), self.slope, inplace=True).add_(x)
 
 
@@ -88,7 +89,7 @@ class ChannelAttentionResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         res = self.process(x)
-        gate = torch.sigmoid(self.excite(F.relu(self.squeeze(res.mean((2, 3), keepdim=True)))))
+        gate = torch.sigmoid(self.excite(F.relu(self.squeeze(global_mean(self, res)))))
         return torch.addcmul(x, gate, res)
 
 
