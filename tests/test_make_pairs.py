@@ -157,6 +157,7 @@ def test_make_pairs_writes_triplets_and_a_manifest(tree):
     assert manifest["options"] == {
         "pick": "extremes",
         "ev_gap": 2.0,
+        "min_gap": 2.0,
         "reference": "best",
         "max_side": None,
         "align": False,
@@ -172,8 +173,9 @@ def test_make_pairs_writes_triplets_and_a_manifest(tree):
     assert (s1["under"], s1["over"]) == ("02.png", "01.png")
     assert (s2["under"], s2["over"]) == ("04.png", "03.png")
     assert s1["outputs"] == {k: f"{k}/groupA_s1.png" for k in ("under", "over", "gt")}
-    assert set(s1["reference"]["scores"]) == {"mertens", "hdr"}
-    assert s1["reference"]["chosen"] in ("mertens", "hdr")
+    assert (s1["sequence"], s2["sequence"]) == ("groupA_s1", "groupB_deep_s2")
+    assert set(s1["reference"]["scores"]) == {"mertens", "mertens-paper", "hdr"}
+    assert s1["reference"]["chosen"] in ("mertens", "mertens-paper", "hdr")
     # The darkest/brightest frames on disk are the ones the manifest names.
     under = io.read_image(out / "under" / "groupA_s1.png").pixels
     assert np.array_equal(under, io.read_image(tree / "groupA" / "s1" / "02.png").pixels)
@@ -231,7 +233,7 @@ def test_skip_existing_reuses_outputs_and_entries(tree):
         return mean_scorer(stack, image)
 
     make_pairs(tree, out, PairOptions(skip_existing=True), scorer=counting_scorer)
-    assert len(calls) == 2  # only groupB_deep_s2 was redone, both candidates scored
+    assert len(calls) == 3  # only groupB_deep_s2 was redone, its three candidates scored
     assert (out / "gt" / "groupA_s1.png").stat().st_mtime_ns == stale
     assert (out / "over" / "groupB_deep_s2.png").is_file()
     assert (out / "manifest.json").read_bytes() == before
@@ -256,6 +258,7 @@ def test_sixteen_bit_stacks_give_sixteen_bit_triplets_and_max_side_downsizes(tmp
 def test_best_keeps_the_higher_scoring_candidate(tmp_path, monkeypatch, brighter_wins, chosen):
     # Stand-ins make the candidates and their scores known exactly.
     monkeypatch.setattr(stacks, "mertens", lambda frames: np.full_like(frames[0], 0.2))
+    monkeypatch.setattr(stacks, "mertens_paper", lambda frames: np.full_like(frames[0], 0.4))
     monkeypatch.setattr(stacks, "hdr_tonemap", lambda frames, ev: np.full_like(frames[0], 0.6))
     sign = 1.0 if brighter_wins else -1.0
     monkeypatch.setattr(stacks, "mef_ssim_score", lambda stack, image: sign * float(image.mean()))
@@ -275,7 +278,7 @@ def test_best_with_the_real_mef_ssim(tmp_path):
     ev = stacks.relative_exposures(frames, ordering)
     reference = stacks.pseudo_reference([f.pixels for f in frames], ev.tolist(), "best")
     scores = reference.scores
-    assert set(scores) == {"mertens", "hdr"}
+    assert set(scores) == {"mertens", "mertens-paper", "hdr"}
     assert all(0.0 < s <= 1.0 for s in scores.values())
     assert reference.method == max(scores, key=scores.get)
 
@@ -383,6 +386,40 @@ def test_real_sequences(tmp_path):
         assert all(s is None or np.isfinite(s) for s in entry["reference"]["scores"].values())
 
 
+@pytest.mark.slow
+def test_real_sequences_all_pairs(tmp_path):
+    missing = [s for s in REAL_SEQUENCES if not (BRACKETS / s).is_dir()]
+    if missing:
+        pytest.skip(
+            f"real exposure brackets not found under {BRACKETS} ({', '.join(missing)}); "
+            "they live outside the repository in ../shared/data"
+        )
+    root = tmp_path / "stacks"
+    for sequence in REAL_SEQUENCES:
+        link = root / sequence
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(BRACKETS / sequence, target_is_directory=True)
+    out = tmp_path / "data"
+    manifest = make_pairs(root, out, PairOptions(pick="all-pairs", min_gap=2.0, max_side=128))
+    assert manifest["skipped"] == []
+    by_sequence: dict[str, list[dict]] = {}
+    for entry in manifest["stacks"]:
+        by_sequence.setdefault(entry["sequence"], []).append(entry)
+    assert sorted(by_sequence) == sorted(s.replace("/", "_") for s in REAL_SEQUENCES)
+    for sequence, entries in by_sequence.items():
+        ev = [f["ev"] for f in entries[0]["frames"]]
+        expected = stacks.all_pairs(ev, 2.0)
+        assert len(entries) == len(expected) > 1, sequence
+        names = [f["file"] for f in entries[0]["frames"]]
+        assert [(e["under"], e["over"]) for e in entries] == [
+            (names[i], names[j]) for i, j in expected
+        ]
+        gts = {(out / e["outputs"]["gt"]).read_bytes() for e in entries}
+        assert len(gts) == 1, sequence
+        chosen = entries[0]["reference"]
+        assert chosen["chosen"] == max(chosen["scores"], key=lambda k: chosen["scores"][k] or -1)
+
+
 def dead_pid() -> int:
     """The pid of a process that has exited (and been reaped)."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -410,3 +447,244 @@ def test_temporary_files_of_a_killed_run_are_removed_at_the_next_run(tree, caplo
         f"{pid}-{'a' * 32}.tmp, under/.groupA_s1.png.{pid}-{'b' * 32}.tmp, "
         f"gt/.groupB_deep_s2.png.{pid}-{'c' * 32}.tmp"
     ) in caplog.messages
+
+
+# ---- all-pairs ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("ev", "min_gap", "pairs"),
+    [
+        ([0, 2, 4, 6, 8], 4.0, [(0, 2), (0, 3), (0, 4), (1, 3), (1, 4), (2, 4)]),
+        ([0, 2, 4], 2.0, [(0, 1), (0, 2), (1, 2)]),
+        ([0, 1.9, 4], 2.0, [(0, 1), (0, 2), (1, 2)]),  # within 1/6 stop: counts as 2
+        ([0, 5 / 3, 10 / 3], 2.0, [(0, 2)]),  # a 1/3-stop step short does not
+        ([0, 1, 2], 3.0, []),
+    ],
+)
+def test_all_pairs(ev, min_gap, pairs):
+    assert stacks.all_pairs(ev, min_gap) == pairs
+
+
+def test_pick_pair_refuses_all_pairs():
+    with pytest.raises(ValueError, match="all_pairs"):
+        stacks.pick_pair([0, 2, 4], "all-pairs")
+
+
+def test_all_pairs_writes_every_pair_with_the_stack_reference(tmp_path):
+    root = tmp_path / "stacks"
+    write_stack(root / "grp" / "s", FIVE, exif=True)  # exact stops 0, 2, 4, 6, 8
+    write_stack(root / "t", THREE, seed=4, exif=True)  # 0, 2, 4: one pair 4 stops apart
+    out = tmp_path / "data"
+    calls = []
+
+    def counting_scorer(stack, image):
+        calls.append(stack.shape[0])
+        return mean_scorer(stack, image)
+
+    manifest = make_pairs(
+        root, out, PairOptions(pick="all-pairs", min_gap=4.0), scorer=counting_scorer
+    )
+    # Exposure order of FIVE is 04 01 05 02 03; of THREE 02 03 01.
+    expected = [
+        "grp_s@04-05",
+        "grp_s@04-02",
+        "grp_s@04-03",
+        "grp_s@01-02",
+        "grp_s@01-03",
+        "grp_s@05-03",
+        "t@02-01",
+    ]
+    assert [e["name"] for e in manifest["stacks"]] == expected
+    assert [e["sequence"] for e in manifest["stacks"]] == ["grp_s"] * 6 + ["t"]
+    assert calls == [5, 5, 5, 3, 3, 3]  # one reference per stack: three candidates each
+    for kind in ("under", "over", "gt"):
+        assert sorted(p.stem for p in (out / kind).iterdir()) == sorted(expected)
+    first = manifest["stacks"][0]
+    gt = (out / "gt" / "grp_s@04-05.png").read_bytes()
+    for entry in manifest["stacks"][:6]:
+        assert (out / entry["outputs"]["gt"]).read_bytes() == gt
+        assert entry["reference"] == first["reference"] and entry["frames"] == first["frames"]
+        assert entry["pair_ev_gap"] >= 4.0
+        under, over = entry["name"].split("@")[1].split("-")
+        assert (entry["under"], entry["over"]) == (f"{under}.png", f"{over}.png")
+        assert entry["outputs"] == {k: f"{k}/{entry['name']}.png" for k in ("under", "over", "gt")}
+        for kind in ("under", "over"):
+            written = io.read_image(out / entry["outputs"][kind]).pixels
+            source = io.read_image(root / "grp" / "s" / entry[kind]).pixels
+            assert np.array_equal(written, source)
+    assert manifest["stacks"][6]["pair_ev_gap"] == 4.0
+    assert manifest["options"]["pick"] == "all-pairs" and manifest["options"]["min_gap"] == 4.0
+
+
+def test_all_pairs_skips_a_stack_without_a_wide_enough_pair(tmp_path):
+    root = tmp_path / "stacks"
+    write_stack(root / "narrow", THREE, exif=True)  # spans 4 stops
+    write_stack(root / "wide", FIVE, exif=True)
+    manifest = make_pairs(
+        root, tmp_path / "data", PairOptions(pick="all-pairs", min_gap=5.0), scorer=mean_scorer
+    )
+    assert {e["sequence"] for e in manifest["stacks"]} == {"wide"}
+    assert manifest["skipped"] == [
+        {
+            "source": "narrow",
+            "reason": "no two frames are at least 5 stops apart (the whole stack spans 4.00 stops)",
+        }
+    ]
+    assert not any(p.name.startswith("narrow") for p in (tmp_path / "data" / "gt").iterdir())
+
+
+def test_all_pairs_skips_a_stack_whose_name_holds_the_pair_mark(tmp_path):
+    write_stack(tmp_path / "stacks" / "a@b", THREE)
+    write_stack(tmp_path / "stacks" / "c", THREE)
+    manifest = make_pairs(
+        tmp_path / "stacks",
+        tmp_path / "data",
+        PairOptions(pick="all-pairs", min_gap=2.0),
+        scorer=mean_scorer,
+    )
+    assert {e["sequence"] for e in manifest["stacks"]} == {"c"}
+    assert manifest["skipped"][0]["source"] == "a@b"
+    assert "holds '@'" in manifest["skipped"][0]["reason"]
+
+
+def test_all_pairs_output_is_byte_identical_and_resumes_per_stack(tmp_path, caplog):
+    root = tmp_path / "stacks"
+    write_stack(root / "s1", FIVE, seed=1)
+    write_stack(root / "s2", THREE, seed=2)
+    options = PairOptions(pick="all-pairs", min_gap=2.0)
+    first, second = tmp_path / "a", tmp_path / "b"
+    make_pairs(root, first, options, scorer=mean_scorer)
+    make_pairs(root, second, options, scorer=mean_scorer)
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file()) == files
+    for rel in files:
+        assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
+
+    # Resume: a missing file of one of s2's pairs redoes s2 only.
+    before = (first / "manifest.json").read_bytes()
+    next((first / "over").glob("s2@*.png")).unlink()
+    calls = []
+
+    def counting_scorer(stack, image):
+        calls.append(stack.shape[0])
+        return mean_scorer(stack, image)
+
+    resumed = PairOptions(pick="all-pairs", min_gap=2.0, skip_existing=True)
+    make_pairs(root, first, resumed, scorer=counting_scorer)
+    assert calls == [3, 3, 3]
+    assert (first / "manifest.json").read_bytes() == before
+    for rel in files:
+        assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
+
+    # Other options make other triplets: an earlier manifest is not reused for them.
+    calls.clear()
+    wider = PairOptions(pick="all-pairs", min_gap=4.0, skip_existing=True)
+    manifest = make_pairs(root, first, wider, scorer=counting_scorer)
+    assert calls == [5, 5, 5, 3, 3, 3]
+    assert all(e["pair_ev_gap"] >= 3.8 for e in manifest["stacks"])
+    # The narrower pairs of the first run are gone: training reads every file in the folders.
+    from textmef.data.triplets import find_triplets
+
+    assert [t.name for t in find_triplets(first)] == sorted(e["name"] for e in manifest["stacks"])
+    assert "pair files an earlier run with other options left" in caplog.text
+
+
+def test_all_pairs_triplets_of_a_stack_share_a_side_of_the_split(tmp_path):
+    from textmef.data.triplets import find_triplets, sequence_of, split_by_sequence
+
+    root = tmp_path / "stacks"
+    for i in range(8):
+        write_stack(root / f"s{i}", THREE, seed=i, size=(12, 16))
+    out = tmp_path / "data"
+    make_pairs(root, out, PairOptions(pick="all-pairs", min_gap=2.0), scorer=mean_scorer)
+    triplets = find_triplets(out)
+    assert len(triplets) == 8 * 3
+    train, val = split_by_sequence(triplets, 0.5)
+    assert {sequence_of(t.name) for t in train}.isdisjoint(sequence_of(t.name) for t in val)
+    assert len(val) % 3 == 0 and len(train) % 3 == 0
+
+
+# ---- reference candidates -------------------------------------------------------------------
+def test_mertens_paper_is_mertens_with_the_paper_weights(tmp_path):
+    from textmef.baselines.mertens import PAPER_WEIGHTS, mertens
+
+    frames = [f.pixels for f in stacks.load_stack(write_stack(tmp_path / "s", THREE))]
+    assert PAPER_WEIGHTS == (1.0, 1.0, 1.0)
+    assert np.array_equal(stacks.mertens_paper(frames), mertens(frames, (1.0, 1.0, 1.0)))
+    assert not np.array_equal(stacks.mertens_paper(frames), stacks.mertens(frames))
+
+
+def test_best_keeps_mertens_paper_when_it_scores_highest(tmp_path, monkeypatch):
+    monkeypatch.setattr(stacks, "mertens", lambda frames: np.full_like(frames[0], 0.2))
+    monkeypatch.setattr(stacks, "mertens_paper", lambda frames: np.full_like(frames[0], 0.4))
+    monkeypatch.setattr(stacks, "hdr_tonemap", lambda frames, ev: np.full_like(frames[0], 0.6))
+    write_stack(tmp_path / "stacks" / "s", THREE)
+
+    def closest_to_middle_grey(stack, image):
+        return -abs(float(image.mean()) - 0.4)
+
+    manifest = make_pairs(tmp_path / "stacks", tmp_path / "data", scorer=closest_to_middle_grey)
+    reference = manifest["stacks"][0]["reference"]
+    assert reference["chosen"] == "mertens-paper"
+    assert set(reference["scores"]) == {"mertens", "mertens-paper", "hdr"}
+    assert reference["scores"]["mertens-paper"] == pytest.approx(
+        -abs(round(0.4 * 255) / 255 - 0.4), abs=1e-6
+    )
+    gt = io.read_image(tmp_path / "data" / "gt" / "s.png").pixels
+    assert gt.mean() == pytest.approx(0.4, abs=1 / 255)
+
+
+def test_a_tie_keeps_opencv_mertens(tmp_path):
+    frames = [f.pixels for f in stacks.load_stack(write_stack(tmp_path / "s", THREE))]
+    reference = stacks.pseudo_reference(frames, [0.0, 2.0, 4.0], "best", scorer=lambda s, i: 0.5)
+    assert reference.method == "mertens"
+
+
+def test_reference_mertens_paper_alone(tmp_path):
+    frames = [f.pixels for f in stacks.load_stack(write_stack(tmp_path / "s", THREE))]
+    reference = stacks.pseudo_reference(
+        frames, [0.0, 2.0, 4.0], "mertens-paper", scorer=mean_scorer
+    )
+    assert reference.method == "mertens-paper"
+    assert set(reference.scores) == {"mertens-paper"}
+    expected = np.rint(stacks.mertens_paper(frames) * 255) / 255
+    np.testing.assert_array_equal(reference.image, expected.astype(np.float32))
+
+
+# ---- command line ---------------------------------------------------------------------------
+def test_cli_all_pairs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(stacks, "mef_ssim_score", mean_scorer)
+    write_stack(tmp_path / "stacks" / "s", FIVE, exif=True)
+    out = tmp_path / "data"
+    args = ["make-pairs", str(tmp_path / "stacks"), "-o", str(out), "--pick", "all-pairs"]
+    assert main([*args, "--min-gap", "6", "--reference", "mertens-paper"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 3 triplet(s) from 1 stack(s)" in printed and "mertens-paper 1" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [e["name"] for e in manifest["stacks"]] == ["s@04-02", "s@04-03", "s@01-03"]
+    assert manifest["options"]["min_gap"] == 6.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--min-gap", "2"], "--min-gap is only used with --pick all-pairs"),
+        (["--pick", "all-pairs", "--min-gap", "0"], "minimum gap must be a positive number"),
+        (["--pick", "all-pairs", "--min-gap", "-1"], "minimum gap must be a positive number"),
+        (["--pick", "all-pairs", "--min-gap", "nan"], "minimum gap must be a positive number"),
+        (["--pick", "all-pairs", "--min-gap", "inf"], "minimum gap must be a positive number"),
+    ],
+)
+def test_cli_min_gap_errors(tmp_path, capsys, args, message):
+    (tmp_path / "stacks").mkdir()
+    assert main(["make-pairs", str(tmp_path / "stacks"), "-o", str(tmp_path / "d"), *args]) == 2
+    errors = [
+        line for line in capsys.readouterr().err.splitlines() if line.startswith("textmef: error:")
+    ]
+    assert len(errors) == 1 and message in errors[0]
+
+
+def test_min_gap_is_validated():
+    from textmef.errors import InputError
+
+    with pytest.raises(InputError, match="the minimum gap must be a positive number of stops"):
+        PairOptions(pick="all-pairs", min_gap=-2.0)

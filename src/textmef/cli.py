@@ -475,7 +475,9 @@ def _add_make_pairs(sub) -> None:
         "images of one size (an exposure stack) and write its under- and "
         "over-exposed frame and a pseudo reference fused from the whole stack "
         "to DATA_DIR/under, DATA_DIR/over and DATA_DIR/gt (NAME.png each, NAME = "
-        "the stack's path with / turned into _), plus DATA_DIR/manifest.json.",
+        "the stack's path with / turned into _; with --pick all-pairs one triplet "
+        "per pair, NAME@UNDER-OVER with the frames' file stems), plus "
+        "DATA_DIR/manifest.json.",
     )
     p.add_argument(
         "stacks",
@@ -496,7 +498,8 @@ def _add_make_pairs(sub) -> None:
         choices=PICK_MODES,
         default=d.pick,
         help="extremes: the darkest and the brightest frame; ev-gap: the pair "
-        "closest to --ev-gap stops apart, centred on the stack "
+        "closest to --ev-gap stops apart, centred on the stack; all-pairs: every "
+        "pair at least --min-gap stops apart, all with the stack's one reference "
         f"(default {d.pick})",
     )
     p.add_argument(
@@ -506,12 +509,21 @@ def _add_make_pairs(sub) -> None:
         help=f"stops between the pair for --pick ev-gap (default {d.ev_gap})",
     )
     p.add_argument(
+        "--min-gap",
+        type=float,
+        metavar="G",
+        help="smallest gap in stops between a pair for --pick all-pairs; a gap up "
+        "to 1/6 stop short counts (EXIF times are rounded, estimates noisy). A "
+        f"stack without such a pair is skipped (default {d.min_gap})",
+    )
+    p.add_argument(
         "--reference",
         choices=REFERENCE_METHODS,
         default=d.reference,
-        help="mertens: Mertens fusion of all frames; hdr: Debevec HDR merge, "
-        "Drago tone mapping; best: both, keep the higher MEF-SSIM against "
-        f"the stack (default {d.reference})",
+        help="mertens: Mertens fusion of all frames (OpenCV's weights 1/1/0); "
+        "mertens-paper: the same with the paper's weights 1/1/1; hdr: Debevec "
+        "HDR merge, Drago tone mapping; best: all three, keep the highest "
+        f"MEF-SSIM against the stack (default {d.reference})",
     )
     p.add_argument(
         "--max-side",
@@ -523,7 +535,8 @@ def _add_make_pairs(sub) -> None:
     p.add_argument(
         "--skip-existing",
         action="store_true",
-        help="keep stacks whose outputs and manifest entry an earlier run wrote",
+        help="keep stacks whose outputs and manifest entries an earlier run with "
+        "the same options wrote",
     )
     p.add_argument(
         "--align",
@@ -546,9 +559,12 @@ def _cmd_make_pairs(args: argparse.Namespace) -> int:
 
     if args.ev_gap is not None and args.pick != "ev-gap":
         raise InputError(None, "--ev-gap is only used with --pick ev-gap")
+    if args.min_gap is not None and args.pick != "all-pairs":
+        raise InputError(None, "--min-gap is only used with --pick all-pairs")
     options = PairOptions(
         pick=args.pick,
         ev_gap=PairOptions.ev_gap if args.ev_gap is None else args.ev_gap,
+        min_gap=PairOptions.min_gap if args.min_gap is None else args.min_gap,
         reference=args.reference,
         max_side=args.max_side,
         skip_existing=args.skip_existing,
@@ -566,9 +582,12 @@ def _cmd_make_pairs(args: argparse.Namespace) -> int:
             "more images of one size); see "
             f"{args.output / MANIFEST_NAME}",
         )
-    wins = Counter(entry["reference"]["chosen"] for entry in made)
+    # References are counted per stack: all-pairs gives a stack's one reference many times.
+    chosen = {entry.get("sequence", entry["name"]): entry["reference"]["chosen"] for entry in made}
+    wins = Counter(chosen.values())
+    stacks = f" from {len(chosen)} stack(s)" if len(chosen) != len(made) else ""
     print(
-        f"wrote {len(made)} triplet(s) to {args.output} in "
+        f"wrote {len(made)} triplet(s){stacks} to {args.output} in "
         f"{time.perf_counter() - start:.1f} s; references: "
         + ", ".join(f"{name} {count}" for name, count in sorted(wins.items()))
         + (f"; {len(skipped)} folder(s) skipped (see {MANIFEST_NAME})" if skipped else "")

@@ -1,9 +1,10 @@
 """Training triplets from exposure stacks: an under/over input pair plus a pseudo reference.
 
 No public training set with references can be downloaded, so, as SICE did, every exposure
-stack (bracketed shots of one scene) is turned into a triplet: its darkest and brightest
-frames (or a pair a chosen number of stops apart) become the input pair, and a fusion of
-the *whole* stack becomes the reference.
+stack (bracketed shots of one scene) is turned into triplets: its darkest and brightest
+frames (or a pair a chosen number of stops apart, or every pair at least a chosen number
+of stops apart) become input pairs, and a fusion of the *whole* stack becomes the
+reference that all of the stack's pairs share.
 
 Definitions used throughout (and recorded in the manifest):
 
@@ -19,10 +20,17 @@ Definitions used throughout (and recorded in the manifest):
   space the frames well enough to pick pairs and to drive the HDR merge, whose fitted
   response curve absorbs much of the error. Where two frames share fewer than 64 such
   pixels, the ratio of their mean luminances is used instead.
-* **Pseudo reference**: ``mertens`` is OpenCV's Mertens exposure fusion of every frame;
-  ``hdr`` merges the frames into a radiance map (Debevec) and tone maps it (Drago), see
-  :func:`hdr_tonemap`; ``best`` computes both and keeps the one with the higher MEF-SSIM
-  against the whole stack (Mertens on a tie).
+* **Pairs**: ``extremes`` and ``ev-gap`` give one triplet per stack, named after the stack
+  (``group_sequence``); ``all-pairs`` gives one per frame pair at least ``min_gap`` stops
+  apart, named ``group_sequence@UNDER-OVER`` (the frames' file stems). The part before the
+  ``@`` is the *sequence* (:func:`textmef.data.triplets.sequence_of`), which keeps all
+  pairs of a stack on one side of the train/validation split.
+* **Pseudo reference**: ``mertens`` is OpenCV's Mertens exposure fusion of every frame with
+  OpenCV's default weights; ``mertens-paper`` the same with the paper's weights (see
+  :func:`mertens_paper`); ``hdr`` merges the frames into a radiance map (Debevec) and tone
+  maps it (Drago), see :func:`hdr_tonemap`; ``best`` computes all three and keeps the one
+  with the highest MEF-SSIM against the whole stack (on a tie the first of ``mertens``,
+  ``mertens-paper``, ``hdr``).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,8 +49,14 @@ import cv2
 import numpy as np
 
 from textmef import __version__, baselines, io
-from textmef.baselines.mertens import OPENCV_DEFAULT_WEIGHTS, opencv_serial
-from textmef.data.pair_options import MANIFEST_NAME, PICK_MODES, REFERENCE_METHODS, PairOptions
+from textmef.baselines.mertens import OPENCV_DEFAULT_WEIGHTS, PAPER_WEIGHTS, opencv_serial
+from textmef.data.pair_options import (
+    MANIFEST_NAME,
+    PAIR_MARK,
+    PICK_MODES,
+    REFERENCE_METHODS,
+    PairOptions,
+)
 from textmef.errors import InputError
 from textmef.exposure import (
     GAMMA,
@@ -63,11 +78,13 @@ __all__ = [
     "NotAStackError",
     "PairOptions",
     "Reference",
+    "all_pairs",
     "find_stacks",
     "list_stack_images",
     "load_stack",
     "make_pairs",
     "mean_luminance",
+    "mertens_paper",
     "order_by_exposure",
     "read_exposure_time",
     "relative_exposures",
@@ -103,7 +120,7 @@ class Reference:
 
     Attributes:
         image: float32 (H, W, 3) RGB in [0, 1].
-        method: the candidate kept, ``"mertens"`` or ``"hdr"``.
+        method: the candidate kept, ``"mertens"``, ``"mertens-paper"`` or ``"hdr"``.
         scores: MEF-SSIM of every candidate made (None where the candidate failed).
     """
 
@@ -258,6 +275,8 @@ def pick_pair(ev: Sequence[float], pick: str = "extremes", ev_gap: float = 2.0) 
         raise ValueError(f"a pair needs at least two frames, got {n}")
     if pick == "extremes":
         return 0, n - 1
+    if pick == "all-pairs":
+        raise ValueError("pick_pair picks one pair; all_pairs() gives those of 'all-pairs'")
     if pick != "ev-gap":
         raise ValueError(f"unknown pick {pick!r}; use one of {PICK_MODES}")
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
@@ -277,6 +296,28 @@ def pick_pair(ev: Sequence[float], pick: str = "extremes", ev_gap: float = 2.0) 
     )
 
 
+def all_pairs(ev: Sequence[float], min_gap: float = 2.0) -> list[tuple[int, int]]:
+    """Every frame pair at least ``min_gap`` stops apart (``pick="all-pairs"``).
+
+    Brackets come in 1/3-stop steps, so a gap short of ``min_gap`` by less than half a
+    step (1/6 stop) counts as reaching it: EXIF times such as 1/60 s and 1/15 s are not
+    exactly 2 stops apart, and the pixel estimates are noisier still. A full 1/3 stop of
+    slack would let a 5/3-stop pair pass for 2 stops.
+
+    Args:
+        ev: relative exposures in stops, in exposure order (non-decreasing).
+        min_gap: the smallest gap in stops.
+
+    Returns:
+        Index pairs ``(under, over)`` with ``under < over``, sorted; empty when no pair
+        is far enough apart.
+    """
+    threshold = min_gap - _EV_TOLERANCE / 2
+    return [
+        (i, j) for i in range(len(ev)) for j in range(i + 1, len(ev)) if ev[j] - ev[i] >= threshold
+    ]
+
+
 def mertens(frames: Sequence[np.ndarray]) -> np.ndarray:
     """Mertens exposure fusion of every frame: :func:`textmef.baselines.mertens`.
 
@@ -285,6 +326,17 @@ def mertens(frames: Sequence[np.ndarray]) -> np.ndarray:
     references and silently change existing data sets.
     """
     return baselines.mertens(frames, OPENCV_DEFAULT_WEIGHTS)
+
+
+def mertens_paper(frames: Sequence[np.ndarray]) -> np.ndarray:
+    """Mertens fusion of every frame with the paper's weights: the ``mertens-paper`` candidate.
+
+    :func:`textmef.baselines.mertens` with contrast, saturation and well-exposedness 1 each,
+    as Mertens et al. published it. OpenCV's defaults (:func:`mertens`) leave out the
+    well-exposedness term; which of the two makes the better reference differs from stack
+    to stack, so ``best`` builds both and lets MEF-SSIM decide.
+    """
+    return baselines.mertens(frames, PAPER_WEIGHTS)
 
 
 def hdr_tonemap(frames: Sequence[np.ndarray], ev: Sequence[float]) -> np.ndarray:
@@ -345,7 +397,7 @@ def pseudo_reference(
     Args:
         frames: (H, W, 3) RGB arrays in [0, 1], in exposure order.
         ev: their relative exposures in stops.
-        method: ``"mertens"``, ``"hdr"`` or ``"best"``.
+        method: ``"mertens"``, ``"mertens-paper"``, ``"hdr"`` or ``"best"`` (all three).
         bit_depth: bits per channel of the output file.
         scorer: ``scorer(stack (K, H, W, 3), image (H, W, 3)) -> float``; default
             MEF-SSIM (:func:`mef_ssim_score`).
@@ -366,19 +418,22 @@ def pseudo_reference(
     scores: dict[str, float | None] = {}
     if method in ("mertens", "best"):
         candidates["mertens"] = mertens(frames)
+    if method in ("mertens-paper", "best"):
+        candidates["mertens-paper"] = mertens_paper(frames)
     if method in ("hdr", "best"):
         try:
             candidates["hdr"] = hdr_tonemap(frames, ev)
         except cv2.error as exc:
             if method == "hdr":
                 raise
-            log.warning("HDR merge failed, keeping Mertens: %s", exc.err)
+            log.warning("HDR merge failed, keeping the Mertens candidates: %s", exc.err)
             scores["hdr"] = None
     ranked: dict[str, float] = {}
     for name, image in candidates.items():
         candidates[name] = (np.rint(image * levels) / levels).astype(np.float32)
         scores[name] = ranked[name] = float(score(stack, candidates[name]))
-    # Mertens comes first, so max() keeps it on a tie.
+    # Insertion order is mertens, mertens-paper, hdr and max() keeps the first of equals:
+    # on a tie the reference stays what earlier versions (OpenCV's weights) made.
     chosen = max(candidates, key=lambda name: ranked[name])
     return Reference(image=candidates[chosen], method=chosen, scores=scores)
 
@@ -412,9 +467,11 @@ def make_pairs(
 
     Writes ``out_dir/{under,over,gt}/NAME.png`` (16-bit when every frame of the stack is
     16-bit, else 8-bit) and ``out_dir/manifest.json``, which is rewritten after every
-    stack so that an interrupted run can be resumed with ``skip_existing``. All writes
-    are atomic; temporary files that a killed run left in those folders are removed
-    first. The same input gives byte-identical files.
+    stack so that an interrupted run can be resumed with ``skip_existing``. NAME is the
+    stack's name, or with ``pick="all-pairs"`` ``STACK@UNDER-OVER`` for each pair; the
+    manifest has one entry per triplet, its ``sequence`` being the stack's name. All
+    writes are atomic; temporary files that a killed run left in those folders are
+    removed first. The same input gives byte-identical files.
 
     Args:
         stacks_dir: folder searched recursively for stacks.
@@ -454,14 +511,15 @@ def make_pairs(
             "s" if len(removed) > 1 else "",
             ", ".join(path.relative_to(out).as_posix() for path in removed),
         )
-    previous = _previous_entries(out / MANIFEST_NAME) if options.skip_existing else {}
+    # skip_existing changes no output, and leaving it out makes a resumed run's manifest
+    # byte-identical to that of an uninterrupted one.
+    recorded = {k: v for k, v in asdict(options).items() if k != "skip_existing"}
+    previous = _previous_entries(out / MANIFEST_NAME, recorded) if options.skip_existing else {}
 
     manifest: dict[str, Any] = {
         "textmef_version": __version__,
         "stacks_dir": str(root.resolve()),
-        # skip_existing changes no output, and leaving it out makes a resumed run's
-        # manifest byte-identical to that of an uninterrupted one.
-        "options": {k: v for k, v in asdict(options).items() if k != "skip_existing"},
+        "options": recorded,
         "stacks": [],
         "skipped": [],
     }
@@ -475,56 +533,102 @@ def make_pairs(
             _skip(manifest, source, f"its output name {name!r} is taken by {owners[name]}")
             continue
         owners[name] = source
-        outputs = {kind: f"{kind}/{name}.png" for kind in OUTPUT_KINDS}
         old = previous.get(source)
-        if (
-            old is not None
-            and old.get("outputs") == outputs
-            and all((out / p).is_file() for p in outputs.values())
-        ):
-            manifest["stacks"].append(old)
+        if old is not None and _reusable(old, name, out, options):
+            manifest["stacks"].extend(old)
         else:
             try:
-                manifest["stacks"].append(
-                    _make_one(folder, source, name, out, outputs, options, scorer)
-                )
+                manifest["stacks"].extend(_make_stack(folder, source, name, out, options, scorer))
             except (InputError, cv2.error) as exc:
                 reason = exc.problem if isinstance(exc, NotAStackError) else _reason(exc)
                 _skip(manifest, source, reason)
         _write_manifest(out / MANIFEST_NAME, manifest)
     bar.close()
     _write_manifest(out / MANIFEST_NAME, manifest)
+    _remove_stale_pairs(out, set(owners), manifest)
     return manifest
 
 
-def _make_one(
+def _remove_stale_pairs(out: Path, names: set[str], manifest: dict) -> None:
+    """Remove pair files (``STACK@...``) of this run's stacks that this run did not make.
+
+    An earlier all-pairs run with another ``min_gap`` (or pick) leaves pairs this one does
+    not make; training reads every file in ``under/ over/ gt/``, so they would slip back in.
+    Only names of stacks this run looked at are touched, and only the pair form.
+    """
+    kept = {path for entry in manifest["stacks"] for path in entry["outputs"].values()}
+    stale = sorted(
+        path
+        for kind in OUTPUT_KINDS
+        for path in (out / kind).glob(f"*{PAIR_MARK}*.png")
+        if path.stem.split(PAIR_MARK, 1)[0] in names
+        and path.relative_to(out).as_posix() not in kept
+    )
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.warning(
+            "removed %d pair file%s an earlier run with other options left: %s",
+            len(stale),
+            "s" if len(stale) > 1 else "",
+            ", ".join(path.relative_to(out).as_posix() for path in stale[:5])
+            + (", ..." if len(stale) > 5 else ""),
+        )
+
+
+def _make_stack(
     folder: Path,
     source: str,
     name: str,
     out: Path,
-    outputs: dict[str, str],
     options: PairOptions,
     scorer: Scorer | None,
-) -> dict:
+) -> list[dict]:
+    """Write the triplets of one stack; returns their manifest entries, in pair order.
+
+    Raises:
+        NotAStackError: the stack is unusable, or (all-pairs) no pair is far enough apart.
+        InputError: a frame cannot be read or an output written.
+        cv2.error: OpenCV failed on the data.
+    """
+    all_pairs_mode = options.pick == "all-pairs"
+    if all_pairs_mode and PAIR_MARK in name:
+        # sequence_of() splits names at the first "@": this stack's pairs would be taken
+        # for another sequence's and could straddle the train/validation split.
+        raise NotAStackError(
+            folder, f"its output name {name!r} holds {PAIR_MARK!r}, which all-pairs reserves"
+        )
     frames, ordering = order_by_exposure(load_stack(folder, options.max_side, options.max_pixels))
+    stems = [f.path.stem for f in frames]
+    if all_pairs_mode and len(set(stems)) < len(stems):
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        raise NotAStackError(
+            folder, f"frames share the file stem {', '.join(twice)}; all-pairs names pairs by stem"
+        )
     alignment = None
     if options.align:
         frames, alignment = _align(frames)
     ev = relative_exposures(frames, ordering)
-    under, over = pick_pair(ev.tolist(), options.pick, options.ev_gap)
+    if all_pairs_mode:
+        pairs = all_pairs(ev.tolist(), options.min_gap)
+        if not pairs:
+            # Checked before the reference is built: that is most of a stack's cost.
+            raise NotAStackError(
+                folder,
+                f"no two frames are at least {options.min_gap:g} stops apart (the whole "
+                f"stack spans {float(ev[-1] - ev[0]):.2f} stops)",
+            )
+    else:
+        pairs = [pick_pair(ev.tolist(), options.pick, options.ev_gap)]
     bit_depth = 16 if all(f.bit_depth == 16 for f in frames) else 8
+    # One reference per stack, shared by all its pairs: it is made from every frame, so it
+    # does not depend on the pair.
     reference = pseudo_reference(
         [f.pixels for f in frames], ev.tolist(), options.reference, bit_depth, scorer
     )
-    for kind, pixels in (
-        ("under", frames[under].pixels),
-        ("over", frames[over].pixels),
-        ("gt", reference.image),
-    ):
-        io.write_image(out / outputs[kind], pixels, bit_depth)
     height, width = frames[0].pixels.shape[:2]
-    return {
-        "name": name,
+    shared = {
+        "sequence": name,
         "source": source,
         "size": [width, height],
         "bit_depth": bit_depth,
@@ -538,17 +642,84 @@ def _make_one(
             }
             for f, e in zip(frames, ev.tolist())
         ],
-        "under": frames[under].path.name,
-        "over": frames[over].path.name,
-        "pair_ev_gap": _round(ev[over] - ev[under]),
         "reference": {
             "chosen": reference.method,
             "scores": {k: None if v is None else _round(v) for k, v in reference.scores.items()},
         },
         "gt_mean_luminance": _round(mean_luminance(reference.image)),
-        "outputs": outputs,
         **({"alignment": alignment} if alignment else {}),
     }
+    written: dict[int | str, Path] = {}  # frame index or "gt" -> the first file holding it
+    entries = []
+    for under, over in pairs:
+        triplet = f"{name}{PAIR_MARK}{stems[under]}-{stems[over]}" if all_pairs_mode else name
+        outputs = {kind: f"{kind}/{triplet}.png" for kind in OUTPUT_KINDS}
+        for kind, key, pixels in (
+            ("under", under, frames[under].pixels),
+            ("over", over, frames[over].pixels),
+            ("gt", "gt", reference.image),
+        ):
+            _write_once(out / outputs[kind], key, pixels, bit_depth, written)
+        entries.append(
+            {
+                **shared,
+                "name": triplet,
+                "under": frames[under].path.name,
+                "over": frames[over].path.name,
+                "pair_ev_gap": _round(ev[over] - ev[under]),
+                "outputs": outputs,
+            }
+        )
+    return entries
+
+
+def _write_once(
+    path: Path,
+    key: int | str,
+    pixels: np.ndarray,
+    bit_depth: int,
+    written: dict[int | str, Path],
+) -> None:
+    """Write ``pixels`` to ``path``, or copy the file an earlier pair wrote them to.
+
+    A frame or reference appears in many pairs of an all-pairs stack; encoding a PNG costs
+    far more than copying one, and the copy is byte-identical to a fresh encoding.
+    """
+    first = written.get(key)
+    if first is None:
+        io.write_image(path, pixels, bit_depth)
+        written[key] = path
+        return
+    try:
+        with io.atomic_path(path) as tmp:
+            shutil.copyfile(first, tmp)
+    except OSError as exc:
+        raise InputError(path, f"cannot be written ({exc.strerror or exc})") from None
+
+
+def _reusable(entries: list[dict], name: str, out: Path, options: PairOptions) -> bool:
+    """Whether a previous run's entries of one stack can stand for this run's.
+
+    The previous manifest's options already matched (see :func:`_previous_entries`), so
+    what is left is that the entries carry this run's names and every file is there.
+    The manifest is written after a whole stack, so its entries of a stack are complete.
+    """
+    if not entries:
+        return False
+    for entry in entries:
+        outputs = entry.get("outputs")
+        if not isinstance(outputs, dict) or set(outputs) != set(OUTPUT_KINDS):
+            return False
+        triplet = entry.get("name")
+        if options.pick == "all-pairs":
+            named = isinstance(triplet, str) and triplet.startswith(name + PAIR_MARK)
+        else:
+            named = triplet == name
+        if not named or outputs != {k: f"{k}/{triplet}.png" for k in OUTPUT_KINDS}:
+            return False
+        if not all((out / p).is_file() for p in outputs.values()):
+            return False
+    return True
 
 
 def _align(frames: Sequence[Frame]) -> tuple[list[Frame], dict]:
@@ -584,11 +755,20 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
-def _previous_entries(path: Path) -> dict[str, dict]:
-    """Entries of an earlier manifest by source folder; empty when there is none."""
+def _previous_entries(path: Path, options: dict[str, Any]) -> dict[str, list[dict]]:
+    """Entries of an earlier manifest by source folder, in their order.
+
+    Empty when there is no readable manifest or it was made with other options: its
+    triplets would then not be this run's (another pick, gap or reference).
+    """
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
-        return {entry["source"]: entry for entry in old.get("stacks", [])}
+        if old.get("options") != options:
+            return {}
+        entries: dict[str, list[dict]] = {}
+        for entry in old.get("stacks", []):
+            entries.setdefault(entry["source"], []).append(entry)
+        return entries
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return {}
 
