@@ -1,5 +1,6 @@
 """Stage 2 engine: data, config, resume, NaN guard, DDP, CLI."""
 
+import dataclasses
 import json
 import os
 import re
@@ -501,3 +502,33 @@ def test_a_new_run_removes_temporary_files_of_dead_writers_only(data_root, tmp_p
     train(tiny_config(data_root, run, steps=1), progress=False, report=lines.append)
     assert not dead.exists() and live.exists()
     assert f"removed 1 temporary file left by an interrupted run: {dead.name}" in lines
+
+
+def test_a_run_can_start_from_a_checkpoints_weights(data_root, tmp_path):
+    first = tiny_config(data_root, tmp_path / "first", steps=2)
+    train(first, progress=False, report=lambda _: None)
+    start = tmp_path / "first" / "last.safetensors"
+    lines: list[str] = []
+    # One step at learning rate 0: the weights written are the ones the run started from.
+    config = dataclasses.replace(
+        tiny_config(data_root, tmp_path / "second", steps=1),
+        model=ModelConfig(name="textmef-tiny", init=str(start)),
+        optim=OptimConfig(batch_size=2, steps=1, lr=0.0, milestones=(0.5,)),
+    )
+    train(config, progress=False, report=lines.append)
+    assert any("starting from the weights of" in line for line in lines)
+    before, after = load_file(start), load_file(tmp_path / "second" / "last.safetensors")
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+
+
+def test_starting_weights_of_another_architecture_are_refused(data_root, tmp_path):
+    train(tiny_config(data_root, tmp_path / "first", steps=1), progress=False, report=print)
+    config = dataclasses.replace(
+        tiny_config(data_root, tmp_path / "second", steps=1),
+        model=ModelConfig(
+            name="textmef-tiny", width=8, init=str(tmp_path / "first" / "last.safetensors")
+        ),
+    )
+    with pytest.raises(InputError, match="16-wide"):
+        train(config, progress=False, report=lambda _: None)

@@ -29,6 +29,14 @@ class DataConfig:
         max_side: Downsize training images whose longer side exceeds this (0: keep).
         val_max_side: Downsize validation images likewise (0: keep); bounds CPU time.
         workers: DataLoader worker processes (crops are cheap; 0 is usually best on CPU).
+        whole_fraction: Share of samples, in [0, 1], that are whole images shrunk to the
+            crop size instead of crops (0: crops only, as the paper).
+        val_root: Validate on the validation split of this folder instead of ``root``'s
+            (training still uses ``root``'s training split); a validation sequence that
+            also occurs in training is refused.
+        by_sequence: Sample each sequence equally often, then one of its triplets (for
+            ``make-pairs --pick all-pairs`` data, where stacks give 1 to 55 pairs);
+            False samples triplets equally often.
     """
 
     root: str = ""
@@ -38,6 +46,9 @@ class DataConfig:
     max_side: int = 0
     val_max_side: int = 512
     workers: int = 0
+    whole_fraction: float = 0.0
+    val_root: str = ""
+    by_sequence: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,11 +59,14 @@ class ModelConfig:
         name: A key of ``textmef.models.CONFIGS``.
         width: Base width C (0: the named config's).
         d_state: SSM state size N (0: the named config's).
+        init: Start from this checkpoint's weights instead of a fresh initialisation
+            (fine-tuning); its architecture must be the one configured here.
     """
 
     name: str = "textmef"
     width: int = 0
     d_state: int = 0
+    init: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,15 +97,27 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """MSE + λ · L_clip.
+    """Weights of the loss terms (``textmef.losses.FusionLoss``); the paper: MSE + λ · L_clip.
+
+    A weight of 0 switches its term off (it is then not computed). The defaults are the
+    paper's loss.
 
     Attributes:
+        mse: Weight of MSE(fused, gt).
+        mef_ssim: Weight of 1 − MEF-SSIM(fused; under, over), structure against the two
+            inputs (needs ``data.crop`` >= 41).
+        ssim: Weight of 1 − SSIM(fused, gt) (needs ``data.crop`` >= 11).
+        colour: Weight of the colour term against gt (1 − cosine of the RGB vectors).
         clip_weight: λ (the paper: 1e-2). Used only when ``clip`` and ``prompts`` are given;
             otherwise the run is the paper's λ = 0 variant, and the log says so.
         clip: CLIP weights file (see ``textmef train-prompt``).
         prompts: Stage 1 prompts file learned with that CLIP.
     """
 
+    mse: float = 1.0
+    mef_ssim: float = 0.0
+    ssim: float = 0.0
+    colour: float = 0.0
     clip_weight: float = 1e-2
     clip: str = ""
     prompts: str = ""

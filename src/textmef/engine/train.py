@@ -1,4 +1,8 @@
-"""Stage 2: train the fusion network with MSE + λ · L_clip; resumable; DDP under torchrun.
+"""Stage 2: train the fusion network; resumable; DDP under torchrun.
+
+The loss is :class:`textmef.losses.FusionLoss` with the weights of ``config.loss``: the
+paper's MSE + λ · L_clip by default, optionally with 1 − MEF-SSIM against the two inputs,
+1 − SSIM against the reference and a colour term.
 
 Run folder layout (``run.out``)::
 
@@ -7,8 +11,9 @@ Run folder layout (``run.out``)::
     state.pt             resumable state: model, optimiser, scheduler, step, RNG states
     last.safetensors     latest weights (a normal checkpoint: ``textmef fuse --weights``)
     best.safetensors     weights with the best validation PSNR so far
-    log.csv              one row per logged step and per validation
-    summary.json         final figures (validation PSNR/SSIM next to Mertens, wall time)
+    log.csv              one row per logged step (total loss and each term) and per
+                         validation (PSNR, SSIM, MEF-SSIM, and two-frame Mertens's)
+    summary.json         final figures (validation scores next to Mertens, wall time)
 
 Only rank 0 writes. Every file is written to a temporary name and renamed; a temporary
 file that a killed run left behind is removed when the run starts or resumes.
@@ -39,17 +44,24 @@ from textmef.data.triplets import (
     TripletCrops,
     find_triplets,
     load_triplet,
+    sequence_of,
     split_by_sequence,
 )
 from textmef.engine.config import TrainConfig
 from textmef.errors import CheckpointError, InputError, TextmefError
 from textmef.io import atomic_path, remove_stale_temp_files
+from textmef.losses import FusionLoss
 from textmef.models import FusionNetConfig, model_config
 from textmef.models.fusionnet import FusionNet
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
+# Log columns of the loss terms that are logged only when their weight is not 0 (MSE and
+# L_clip always are, as before). Their values are the terms before weighting, i.e. 1 − SSIM,
+# not SSIM: hence the prefix, so that they are not read as scores like val_ssim.
+TERM_COLUMNS = {"mef_ssim": "loss_mef_ssim", "ssim": "loss_ssim", "colour": "loss_colour"}
+# New columns go at the end, so that readers of older logs by position still work.
 LOG_FIELDS = [
     "step",
     "kind",
@@ -62,7 +74,13 @@ LOG_FIELDS = [
     "val_ssim",
     "mertens_psnr",
     "mertens_ssim",
+    *TERM_COLUMNS.values(),
+    "val_mef_ssim",
+    "mertens_mef_ssim",
 ]
+# MEF-SSIM's three scales of 11x11 windows need sides of at least 41 pixels; smaller
+# validation images are scored by PSNR and SSIM only.
+MEF_SSIM_MIN_SIDE = 41
 
 
 class TrainingDivergedError(TextmefError):
@@ -170,14 +188,14 @@ def _clip_loss(config: TrainConfig, device: torch.device, report: Callable[[str]
     """The CLIP term, or None for the λ = 0 variant (with the reason in the log)."""
     loss = config.loss
     if loss.clip_weight == 0:
-        report("λ = 0 (loss.clip_weight is 0): training with MSE only, the paper's λ = 0 variant")
+        report("λ = 0 (loss.clip_weight is 0): no CLIP term, the paper's λ = 0 variant")
         return None
     if not (loss.clip and loss.prompts):
         missing = " and ".join(
             n for n, v in (("loss.clip", loss.clip), ("loss.prompts", loss.prompts)) if not v
         )
         report(
-            f"λ = 0: {missing} not given, so training uses MSE only (the paper's λ = 0 "
+            f"λ = 0: {missing} not given, so training has no CLIP term (the paper's λ = 0 "
             f"variant); give CLIP weights and stage 1 prompts for λ = {loss.clip_weight}"
         )
         return None
@@ -188,10 +206,53 @@ def _clip_loss(config: TrainConfig, device: torch.device, report: Callable[[str]
     clip = load_clip(loss.clip, device=device)
     module = CLIPExposureLoss.from_prompts(clip, load_prompts(loss.prompts)).to(device)
     report(
-        f"λ = {loss.clip_weight}: MSE + λ · L_clip with {Path(loss.clip).name} and "
-        f"{Path(loss.prompts).name}"
+        f"λ = {loss.clip_weight}: L_clip with {Path(loss.clip).name} and {Path(loss.prompts).name}"
     )
     return module
+
+
+def _check_config(config: TrainConfig) -> None:
+    """Refuse settings that would only fail later, after the data has been read."""
+    loss, data = config.loss, config.data
+    for name in ("mse", "mef_ssim", "ssim", "colour", "clip_weight"):
+        weight = getattr(loss, name)
+        if not 0.0 <= weight < math.inf:  # also refuses NaN
+            raise InputError(None, f"loss.{name} must be a finite weight >= 0, got {weight}")
+    if loss.mef_ssim and data.crop < MEF_SSIM_MIN_SIDE:
+        raise InputError(
+            None,
+            f"loss.mef_ssim needs data.crop >= {MEF_SSIM_MIN_SIDE} (three scales of 11x11 "
+            f"windows), got {data.crop}",
+        )
+    if loss.ssim and data.crop < 11:
+        raise InputError(None, f"loss.ssim needs data.crop >= 11 (its window), got {data.crop}")
+    if not 0.0 <= data.whole_fraction <= 1.0:
+        raise InputError(None, f"data.whole_fraction must be in [0, 1], got {data.whole_fraction}")
+
+
+def _split(config: TrainConfig) -> tuple[list[Triplet], list[Triplet]]:
+    """Training triplets from ``data.root``; validation ones from it or ``data.val_root``."""
+    data = config.data
+    train_set, val_set = split_by_sequence(find_triplets(data.root), data.val_fraction)
+    if not data.val_root:
+        return train_set, val_set
+    candidates = find_triplets(data.val_root)
+    try:
+        _, val_set = split_by_sequence(candidates, data.val_fraction)
+    except InputError:  # "no training sequence left": here that means all of it validates
+        val_set = candidates
+    # Another folder may hold the same scenes (other pairs of one stack, a re-export):
+    # validating on a scene the network trained on would flatter it.
+    seen = {sequence_of(t.name) for t in train_set}
+    shared = sorted({sequence_of(t.name) for t in val_set} & seen)
+    if shared:
+        listed = ", ".join(shared[:5]) + (f" and {len(shared) - 5} more" if len(shared) > 5 else "")
+        raise InputError(
+            data.val_root,
+            f"validation sequence(s) {listed} also occur in the training set of {data.root}; "
+            "remove them from one of the folders",
+        )
+    return train_set, val_set
 
 
 # ---- validation ------------------------------------------------------------------------
@@ -205,9 +266,26 @@ class ValidationSet:
     gts: list[torch.Tensor]
     mertens_psnr: float | None = None
     mertens_ssim: float | None = None
+    # Mean over the sequences large enough for MEF-SSIM (None when there are none).
+    mertens_mef_ssim: float | None = None
+
+
+def _mef_ssim_or_none(under: torch.Tensor, over: torch.Tensor, fused: torch.Tensor) -> float | None:
+    """MEF-SSIM of (1, 3, H, W) ``fused`` against the pair, None for images too small."""
+    from textmef.metrics import mef_ssim
+
+    if min(fused.shape[-2:]) < MEF_SSIM_MIN_SIDE:
+        return None
+    return float(mef_ssim(torch.cat([under, over]), fused))
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
 
 
 def load_validation(triplets: list[Triplet], max_side: int) -> ValidationSet:
+    """Read the validation triplets and score two-frame Mertens on them once."""
     from textmef.baselines import mertens
     from textmef.metrics import psnr, ssim
 
@@ -223,33 +301,54 @@ def load_validation(triplets: list[Triplet], max_side: int) -> ValidationSet:
         data.overs.append(as_tensor[1])
         data.gts.append(as_tensor[2])
         baseline = torch.from_numpy(mertens([under, over])).permute(2, 0, 1)[None]
-        scores.append((float(psnr(baseline, as_tensor[2])), float(ssim(baseline, as_tensor[2]))))
+        scores.append(
+            (
+                float(psnr(baseline, as_tensor[2])),
+                float(ssim(baseline, as_tensor[2])),
+                _mef_ssim_or_none(as_tensor[0], as_tensor[1], baseline),
+            )
+        )
     if scores:
         data.mertens_psnr = float(np.mean([s[0] for s in scores]))
         data.mertens_ssim = float(np.mean([s[1] for s in scores]))
+        data.mertens_mef_ssim = _mean_or_none([s[2] for s in scores])
     return data
 
 
 @torch.no_grad()
 def validate(
     model: FusionNet, data: ValidationSet, device: torch.device
-) -> tuple[float, float, list[dict]]:
-    """Mean PSNR / SSIM of the clamped fusion against the references, and per-sequence rows."""
+) -> tuple[dict[str, float | None], list[dict]]:
+    """Mean scores of the clamped fusion, and per-sequence rows.
+
+    Returns:
+        ``({"psnr": ..., "ssim": ..., "mef_ssim": ...}, rows)``: PSNR and SSIM against the
+        references, MEF-SSIM against the input pair (None when no image is large enough),
+        and one row per sequence with the same keys and its ``name``.
+    """
     from textmef.api import fuse
     from textmef.metrics import psnr, ssim
 
     was_training = model.training
     model.eval()
-    rows = []
+    rows: list[dict] = []
     for name, u, o, g in zip(data.names, data.unders, data.overs, data.gts):
         fused = fuse(u, o, model=model, device=device)
-        rows.append({"name": name, "psnr": float(psnr(fused, g)), "ssim": float(ssim(fused, g))})
+        rows.append(
+            {
+                "name": name,
+                "psnr": float(psnr(fused, g)),
+                "ssim": float(ssim(fused, g)),
+                "mef_ssim": _mef_ssim_or_none(u, o, fused),
+            }
+        )
     model.train(was_training)
-    return (
-        float(np.mean([r["psnr"] for r in rows])),
-        float(np.mean([r["ssim"] for r in rows])),
-        rows,
-    )
+    means: dict[str, float | None] = {
+        "psnr": float(np.mean([r["psnr"] for r in rows])),
+        "ssim": float(np.mean([r["ssim"] for r in rows])),
+        "mef_ssim": _mean_or_none([r["mef_ssim"] for r in rows]),
+    }
+    return means, rows
 
 
 # ---- the loop --------------------------------------------------------------------------
@@ -295,19 +394,27 @@ def train(
         _remove_stale_temp_files(out, report)
     if not config.data.root:
         raise InputError(None, "no training data: set data.root (a folder with under/ over/ gt/)")
+    _check_config(config)
 
-    triplets = find_triplets(config.data.root)
-    train_set, val_set = split_by_sequence(triplets, config.data.val_fraction)
-    report(
-        f"data: {len(train_set)} training and {len(val_set)} validation sequences "
-        f"from {config.data.root}"
-    )
+    train_set, val_set = _split(config)
+    if config.data.val_root:
+        report(
+            f"data: {len(train_set)} training sequences from {config.data.root}, "
+            f"{len(val_set)} validation sequences from {config.data.val_root}"
+        )
+    else:
+        report(
+            f"data: {len(train_set)} training and {len(val_set)} validation sequences "
+            f"from {config.data.root}"
+        )
     dataset = TripletCrops(
         train_set,
         config.data.crop,
         config.data.augment,
         config.run.seed,
         config.data.max_side or None,
+        whole_fraction=config.data.whole_fraction,
+        by_sequence=config.data.by_sequence,
     ).load()
 
     _seed_everything(config.run.seed)
@@ -315,7 +422,10 @@ def train(
     # channels_last like the activations: conv weight gradients then come out in the layout
     # DDP's buckets expect (otherwise it warns and copies on every step).
     # Module.to accepts memory_format (documented), but torch's type stubs leave it out.
-    model = FusionNet(model_config).to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model = FusionNet(model_config)
+    if config.model.init:
+        _init_from(model, Path(config.model.init), report)
+    model = model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = torch.optim.Adam(
         model.parameters(),
         lr=config.optim.lr,
@@ -326,6 +436,18 @@ def train(
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, config.optim.gamma)
     clip_loss = _clip_loss(config, device, report)
     weight = config.loss.clip_weight if clip_loss is not None else 0.0
+    try:
+        loss_fn = FusionLoss(
+            mse=config.loss.mse,
+            mef_ssim=config.loss.mef_ssim,
+            ssim=config.loss.ssim,
+            colour=config.loss.colour,
+            clip=weight,
+            clip_loss=clip_loss,
+        ).to(device)
+    except ValueError as exc:
+        raise InputError(None, f"loss: {exc}") from None
+    report(f"loss: {loss_fn.describe()}")
 
     start_step = 0
     best: dict[str, float | int | None] = {"psnr": None, "step": None}
@@ -355,6 +477,7 @@ def train(
         report(
             f"validation: two-frame Mertens scores PSNR {validation.mertens_psnr:.2f} dB, "
             f"SSIM {validation.mertens_ssim:.4f} against the references"
+            + _mef_ssim_text(validation.mertens_mef_ssim, ", MEF-SSIM {:.4f} against the pairs")
         )
 
     net = model
@@ -392,9 +515,7 @@ def train(
     for under, over, gt in loader:
         under, over, gt = under.to(device), over.to(device), gt.to(device)
         fused = net(under, over)
-        mse = F.mse_loss(fused, gt)
-        clip_term = clip_loss(fused) if clip_loss is not None else torch.zeros((), device=device)
-        loss = mse + weight * clip_term
+        loss, terms = loss_fn(fused, under, over, gt)
         if not torch.isfinite(loss).all():
             bar.close()
             raise TrainingDivergedError(
@@ -408,7 +529,7 @@ def train(
         optimizer.step()
         scheduler.step()
         step += 1
-        window.append({"loss": loss.item(), "mse": mse.item(), "clip": clip_term.item()})
+        window.append(_logged_terms(loss, terms, fused, gt))
         bar.update(1)
         bar.set_postfix(loss=f"{window[-1]['loss']:.4f}")
         if step % config.run.log_every == 0 or step == stop:
@@ -425,12 +546,15 @@ def train(
             if writer:
                 writer.write(row)
             if tensorboard:
-                for key in ("loss", "mse", "clip", "lr"):
-                    tensorboard.add_scalar(f"train/{key}", row[key], step)
+                for key in ("loss", "mse", "clip", *TERM_COLUMNS.values(), "lr"):
+                    if key in row:
+                        tensorboard.add_scalar(f"train/{key}", row[key], step)
         if validation is not None and (
             step % config.run.val_every == 0 or step == config.optim.steps
         ):
-            psnr_value, ssim_value, _ = validate(model, validation, device)
+            scores, _ = validate(model, validation, device)
+            psnr_value, ssim_value, mef_value = scores["psnr"], scores["ssim"], scores["mef_ssim"]
+            assert psnr_value is not None and ssim_value is not None  # always computed
             row = {
                 "step": step,
                 "kind": "val",
@@ -439,19 +563,28 @@ def train(
                 "mertens_psnr": validation.mertens_psnr,
                 "mertens_ssim": validation.mertens_ssim,
             }
+            if mef_value is not None:
+                row["val_mef_ssim"] = mef_value
+                row["mertens_mef_ssim"] = validation.mertens_mef_ssim
             history.append(row)
             assert writer is not None  # validation runs on the main process, which logs
             writer.write(row)
             if tensorboard:
-                tensorboard.add_scalar("val/psnr", psnr_value, step)
-                tensorboard.add_scalar("val/ssim", ssim_value, step)
+                for key in ("psnr", "ssim", "mef_ssim"):
+                    if scores[key] is not None:
+                        tensorboard.add_scalar(f"val/{key}", scores[key], step)
             improved = best["psnr"] is None or psnr_value > best["psnr"]
             if improved:
                 best = {"psnr": psnr_value, "ssim": ssim_value, "step": step}
+                if mef_value is not None:
+                    best["mef_ssim"] = mef_value
                 save_checkpoint(model, out / "best.safetensors", _extra(step, best))
             report(
-                f"step {step}: validation PSNR {psnr_value:.2f} dB, SSIM {ssim_value:.4f} "
-                f"(two-frame Mertens {validation.mertens_psnr:.2f} dB)"
+                f"step {step}: validation PSNR {psnr_value:.2f} dB, SSIM {ssim_value:.4f}"
+                + _mef_ssim_text(mef_value, ", MEF-SSIM {:.4f}")
+                + f" (two-frame Mertens {validation.mertens_psnr:.2f} dB"
+                + _mef_ssim_text(validation.mertens_mef_ssim, ", MEF-SSIM {:.4f}")
+                + ")"
                 + (" - best so far" if improved else "")
             )
         if dist_info.main and (step % config.run.save_every == 0 or step == stop):
@@ -484,6 +617,7 @@ def train(
             dist_info,
             fingerprints,
             weight,
+            loss_fn,
         )
         _atomic_text(
             json.dumps(result.summary, indent=2, sort_keys=True) + "\n", out / "summary.json"
@@ -506,8 +640,47 @@ def train(
     return result
 
 
+def _init_from(model: FusionNet, path: Path, report: Callable[[str], None]) -> None:
+    """Load a checkpoint's weights into the fresh ``model`` (architectures must match)."""
+    from textmef.checkpoint import load_checkpoint
+
+    start, _ = load_checkpoint(path)
+    if start.config != model.config:
+        raise InputError(
+            path,
+            f"holds a {start.config.width}-wide network with d_state {start.config.d_state}; "
+            f"the run trains {model.config.width}-wide with d_state {model.config.d_state}",
+        )
+    model.load_state_dict(start.state_dict())
+    report(f"starting from the weights of {path}")
+
+
 def _silent(_: str) -> None:
     pass
+
+
+def _mef_ssim_text(value: float | None, template: str) -> str:
+    return template.format(value) if value is not None else ""
+
+
+def _logged_terms(
+    loss: torch.Tensor, terms: dict[str, torch.Tensor], fused: torch.Tensor, gt: torch.Tensor
+) -> dict[str, float]:
+    """One step's log values: the total, MSE and L_clip (as always), then the other terms."""
+    if "mse" in terms:
+        mse = terms["mse"].item()
+    else:  # weight 0: not part of the loss, but the log has always shown it
+        with torch.no_grad():
+            mse = F.mse_loss(fused, gt).item()
+    values = {
+        "loss": loss.item(),
+        "mse": mse,
+        "clip": terms["clip"].item() if "clip" in terms else 0.0,
+    }
+    for name, column in TERM_COLUMNS.items():
+        if name in terms:
+            values[column] = terms[name].item()
+    return values
 
 
 def _extra(step: int, best: dict) -> dict[str, str]:
@@ -577,9 +750,11 @@ def _load_state(
     except Exception as exc:
         raise CheckpointError(path, f"unreadable training state ({str(exc)[:200]})") from None
     saved = json.loads(state["config"])
-    wanted = config.to_dict()
+    wanted = json.loads(json.dumps(config.to_dict()))
+    defaults = json.loads(json.dumps(TrainConfig().to_dict()))
     for section in ("model", "data"):
-        if saved[section] != json.loads(json.dumps(wanted[section])):
+        # A state written before a field existed ran with that field's default.
+        if {**defaults[section], **saved[section]} != wanted[section]:
             raise InputError(
                 path,
                 f"was made with other {section} settings; resume with the "
@@ -655,6 +830,7 @@ def _summary(
     dist_info: Distributed,
     fingerprints: list[str],
     weight: float,
+    loss_fn: FusionLoss,
 ) -> dict:
     vals = [h for h in history if h.get("kind") == "val"]
     return {
@@ -670,8 +846,11 @@ def _summary(
         "validation_sequences": len(validation.names) if validation else 0,
         "mertens_psnr": validation.mertens_psnr if validation else None,
         "mertens_ssim": validation.mertens_ssim if validation else None,
+        "mertens_mef_ssim": validation.mertens_mef_ssim if validation else None,
         "wall_seconds": round(seconds, 1),
         "clip_weight_used": weight,
+        "loss_weights": dict(loss_fn.weights),
+        "loss": loss_fn.describe(),
         "final_train_mse": next(
             (h["mse"] for h in reversed(history) if h.get("kind") == "train"), math.nan
         ),

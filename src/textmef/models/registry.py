@@ -128,6 +128,11 @@ register_model(
     "what a 2-core CPU trains in an hour: weights/MODEL_CARD.md",
 )
 register_model(
+    "textmef-c32",
+    FusionNetConfig(width=32, d_state=8),
+    "the paper's architecture at C = 32, d_state 8: the width issue 16's shipped model trains",
+)
+register_model(
     "textmef-tiny",
     FusionNetConfig(width=16, d_state=2),
     "C = 16, d_state 2: for tests and smoke runs only",
