@@ -141,9 +141,11 @@ def fuse(
         weights: Checkpoint used when ``model`` is None (None: the packaged one).
         device: Where to run (``cpu``, ``cuda``); None keeps the model where it is (a
             model loaded here goes to the CPU). A given model is moved there.
-        tile: Tile side in pixels for bounded memory; 0 fuses the whole image in one piece
-            (see :mod:`textmef.tiling`).
-        overlap: Blend width between tiles.
+        tile: Pixel budget of a tile (``tile * tile`` pixels) for bounded memory; larger
+            images are fused in full-width strips with the whole image's statistics, which
+            gives the one-piece result (see :mod:`textmef.inference`); 0 fuses the whole
+            image in one piece.
+        overlap: Rows shared by neighbouring strips.
         threads: CPU threads for PyTorch and the scan kernels (None: leave as set).
         max_pixels: for paths, the most pixels per image, checked from the header before
             anything is decoded (None: no limit).

@@ -62,13 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--tile",
         type=non_negative_int,
         default=DEFAULT_TILE,
-        help=f"tile side in pixels, 0 = whole image at once (default {DEFAULT_TILE})",
+        help=(
+            f"tiles of about N x N pixels (full-width strips, same result as one piece), "
+            f"0 = whole image at once (default {DEFAULT_TILE})"
+        ),
     )
     fuse.add_argument(
         "--overlap",
         type=non_negative_int,
         default=DEFAULT_OVERLAP,
-        help=f"overlap between tiles in pixels (default {DEFAULT_OVERLAP})",
+        help=f"rows shared by neighbouring tiles (default {DEFAULT_OVERLAP})",
     )
     fuse.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
     _add_max_pixels(fuse)
@@ -721,7 +724,7 @@ def _add_bench(sub) -> None:
         "--tile",
         type=non_negative_int,
         default=DEFAULT_TILE,
-        help=f"network tile side, 0 = whole image (default {DEFAULT_TILE})",
+        help=f"network tiles of about N x N pixels, 0 = whole image (default {DEFAULT_TILE})",
     )
     p.add_argument(
         "--overlap",

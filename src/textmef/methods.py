@@ -54,7 +54,8 @@ class MethodOptions:
     Attributes:
         weights: a ``.safetensors`` checkpoint; None uses the one shipped in the package.
         device: ``cpu`` or ``cuda``.
-        tile: tile side for the network, 0 = whole image (see :mod:`textmef.tiling`).
+        tile: pixel budget (tile x tile) of a network tile, 0 = whole image
+            (see :mod:`textmef.tiling`).
         overlap: tile overlap in pixels.
         strategy: how ``textmef`` fuses stacks of 3+ frames (None: the package default).
         model: an already loaded network to use instead of loading ``weights`` (a server

@@ -336,7 +336,8 @@ def fuse_stack(
         model: the fusion network (see :func:`textmef.api.load_model`).
         strategy: ``progressive`` or ``extremes``.
         align: register the frames first (see :func:`prepare_stack`).
-        tile: tile side for the network (0: whole image), as in :func:`textmef.api.fuse`.
+        tile: pixel budget (tile x tile) of a network tile (0: whole image), as in
+            :func:`textmef.api.fuse`.
         overlap: tile overlap.
         device: where the network runs (None: where the model is).
         threads: CPU threads (None: leave as set).
