@@ -12,6 +12,7 @@ linearly across the overlap. Memory stays bounded by the strip size.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -122,11 +123,8 @@ def fuse_tensors(
     acc = torch.zeros_like(under)
     weight = under.new_zeros(1, 1, height, width)
     for rows, cols, _ in tiles:
-        if stats is None:
+        with sharing_statistics(stats) if stats is not None else nullcontext():
             out = model(under[..., rows, cols], over[..., rows, cols])
-        else:
-            with sharing_statistics(stats):
-                out = model(under[..., rows, cols], over[..., rows, cols])
         w = (
             _ramp(rows.stop - rows.start, rows.start, rows.stop, height, overlap)[:, None]
             * _ramp(cols.stop - cols.start, cols.start, cols.stop, width, overlap)[None, :]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from textmef.losses._filters import compute_dtype, gaussian_valid
-from textmef.metrics.ssim import K1, K2, WIN_SIZE
+from textmef.metrics.ssim import K1, K2, check_ssim_inputs
 
 __all__ = ["SSIMLoss", "ssim_loss", "ssim_per_image"]
 
@@ -37,19 +37,7 @@ def ssim_per_image(
         ValueError: mismatched or unsupported shapes, sides shorter than the 11-pixel window,
             or a non-positive ``data_range``.
     """
-    if pred.shape != target.shape:
-        raise ValueError(f"pred is {tuple(pred.shape)} but target is {tuple(target.shape)}")
-    if pred.dim() == 3:
-        pred, target = pred.unsqueeze(0), target.unsqueeze(0)
-    if pred.dim() != 4:
-        raise ValueError(f"expected (B, C, H, W) or (C, H, W) images, got {tuple(pred.shape)}")
-    if min(pred.shape[-2:]) < WIN_SIZE:
-        raise ValueError(
-            f"images of {tuple(pred.shape[-2:])} are smaller than the {WIN_SIZE}x{WIN_SIZE} "
-            "SSIM window"
-        )
-    if data_range <= 0:
-        raise ValueError(f"data_range must be positive, got {data_range}")
+    pred, target = check_ssim_inputs(pred, target, data_range)
     dtype = compute_dtype(pred, target)
     x, y = pred.to(dtype), target.to(dtype)
     channels = x.shape[1]

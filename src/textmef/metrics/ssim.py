@@ -32,6 +32,26 @@ K2 = 0.03
 _TAPS = gaussian_taps(WIN_SIZE, SIGMA)
 
 
+def check_ssim_inputs(
+    pred: torch.Tensor, target: torch.Tensor, data_range: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two images as (B, C, H, W), or ValueError naming what SSIM cannot take."""
+    if pred.shape != target.shape:
+        raise ValueError(f"pred is {tuple(pred.shape)} but target is {tuple(target.shape)}")
+    if pred.dim() == 3:
+        pred, target = pred.unsqueeze(0), target.unsqueeze(0)
+    if pred.dim() != 4:
+        raise ValueError(f"expected (B, C, H, W) or (C, H, W) images, got {tuple(pred.shape)}")
+    if min(pred.shape[-2:]) < WIN_SIZE:
+        raise ValueError(
+            f"images of {tuple(pred.shape[-2:])} are smaller than the {WIN_SIZE}x{WIN_SIZE} "
+            "SSIM window"
+        )
+    if data_range <= 0:
+        raise ValueError(f"data_range must be positive, got {data_range}")
+    return pred, target
+
+
 def ssim(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -61,19 +81,7 @@ def ssim(
         ValueError: the shapes differ or are not 3-D/4-D, a side is shorter than the
             11-pixel window, ``data_range`` is not positive, or ``reduction`` is unknown.
     """
-    if pred.shape != target.shape:
-        raise ValueError(f"pred is {tuple(pred.shape)} but target is {tuple(target.shape)}")
-    if pred.dim() == 3:
-        pred, target = pred.unsqueeze(0), target.unsqueeze(0)
-    if pred.dim() != 4:
-        raise ValueError(f"expected (B, C, H, W) or (C, H, W) images, got {tuple(pred.shape)}")
-    if min(pred.shape[-2:]) < WIN_SIZE:
-        raise ValueError(
-            f"images of {tuple(pred.shape[-2:])} are smaller than the {WIN_SIZE}x{WIN_SIZE} "
-            "SSIM window"
-        )
-    if data_range <= 0:
-        raise ValueError(f"data_range must be positive, got {data_range}")
+    pred, target = check_ssim_inputs(pred, target, data_range)
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
 
