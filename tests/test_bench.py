@@ -23,7 +23,7 @@ from textmef.bench.scoring import score_image
 from textmef.cli import main
 from textmef.data.triplets import find_triplets, split_by_sequence
 from textmef.errors import InputError
-from textmef.methods import MethodOptions, build_method
+from textmef.methods import MethodOptions, build_method, method_description
 
 # TMQI's five scales of 11x11 windows need sides of at least 161 pixels.
 SIZE = (168, 176)
@@ -251,6 +251,20 @@ def test_network_method_equals_the_public_fuse_api(dataset):
     method = build_method("textmef", MethodOptions(tile=96, overlap=32))
     expected = fuse(under, over, tile=96, overlap=32)
     assert torch.allclose(method([under, over]), expected, atol=1e-6)
+
+
+def test_network_method_with_a_work_size_is_the_guided_path_of_the_api(dataset):
+    from textmef.api import fuse
+
+    under = io.to_tensor(io.read_image(dataset / "under/scene0.png").pixels)
+    over = io.to_tensor(io.read_image(dataset / "over/scene0.png").pixels)
+    assert under.shape[-2] * under.shape[-1] > 64 * 64
+    guided = build_method("textmef", MethodOptions(work_size=64))([under, over])
+    assert torch.allclose(guided, fuse(under, over, work_size=64), atol=1e-6)
+    full = build_method("textmef", MethodOptions())([under, over])
+    assert torch.allclose(full, fuse(under, over, full_res=True), atol=1e-6)
+    assert not torch.allclose(guided, full, atol=1e-3)
+    assert "guided path above 64 x 64" in method_description("textmef", MethodOptions(work_size=64))
 
 
 def test_unavailable_reason_for_unknown_method():

@@ -117,6 +117,70 @@ def test_folder_mode_reports_a_bad_pair_and_fuses_the_rest(tmp_path, weights, ca
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["good.png"]
 
 
+def test_a_pair_above_the_working_size_takes_the_guided_path_and_says_so(tmp_path, weights, caplog):
+    under, over = write_pair(tmp_path, "wide", size=(120, 200))
+    base = ["fuse", str(under), str(over), "--weights", str(weights), "--work-size", "64"]
+    with caplog.at_level("INFO", logger="textmef"):
+        assert main([*base, "-o", str(tmp_path / "guided.png")]) == 0
+    lines = [r.getMessage() for r in caplog.records if "colour transform" in r.getMessage()]
+    assert len(lines) == 1 and "at 82x49" in lines[0] and "--full-res" in lines[0]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="textmef"):
+        assert main([*base, "-o", str(tmp_path / "full.png"), "--full-res"]) == 0
+    assert not [r for r in caplog.records if "colour transform" in r.getMessage()]
+    guided = io.read_image(tmp_path / "guided.png").pixels
+    full = io.read_image(tmp_path / "full.png").pixels
+    assert guided.shape == full.shape == (120, 200, 3)
+    assert not np.array_equal(guided, full)
+
+
+def test_a_working_size_below_the_minimum_is_a_one_line_error(tmp_path, weights, capsys):
+    under, over = write_pair(tmp_path, "a")
+    argv = ["fuse", str(under), str(over), "-o", str(tmp_path / "f.png"), "--work-size", "8"]
+    assert "work size must be an integer >= 64" in run_cli_error(capsys, argv)
+    assert not (tmp_path / "f.png").exists()
+
+
+def folder_args(data, out, weights, *extra):
+    return [
+        "fuse", "--under", str(data / "u"), "--over", str(data / "o"), "-o", str(out),
+        "--weights", str(weights), *extra,
+    ]  # fmt: skip
+
+
+def test_folder_mode_with_two_jobs_matches_one_job_and_resumes(tmp_path, weights, capsys):
+    for stem in ("p1", "p2", "p3", "p4"):
+        write_pair(tmp_path / "data", stem, size=(40, 56))
+    assert main(folder_args(tmp_path / "data", tmp_path / "one", weights, "--threads", "2")) == 0
+    two = folder_args(tmp_path / "data", tmp_path / "two", weights, "--jobs", "2", "--threads", "2")
+    assert main(two) == 0
+    assert "fused 4 pair(s)" in capsys.readouterr().out
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+        "p1.png", "p2.png", "p3.png", "p4.png"
+    ]  # fmt: skip
+    for name in names:  # threads differ (2 vs 1 per job): equal up to float rounding
+        a = io.read_image(tmp_path / "one" / name).pixels
+        b = io.read_image(tmp_path / "two" / name).pixels
+        assert np.abs(a - b).max() <= 1 / 255
+    (tmp_path / "two" / "p3.png").unlink()
+    assert main([*two, "--skip-existing"]) == 0
+    out = capsys.readouterr().out
+    assert "skipping 3 pair(s)" in out and "fused 1 pair(s)" in out
+    assert (tmp_path / "two" / "p3.png").exists()
+
+
+def test_folder_mode_workers_report_a_pair_that_fails_while_fusing(tmp_path, weights, capsys):
+    for stem in ("ok1", "ok2", "cut"):
+        write_pair(tmp_path / "d", stem, size=(40, 40))
+    cut = tmp_path / "d" / "o" / "cut.png"
+    cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 2])  # fails at decoding
+    assert main(folder_args(tmp_path / "d", tmp_path / "out", weights, "--jobs", "2")) == 1
+    captured = capsys.readouterr()
+    assert "cut.png" in captured.err and "1 failed" in captured.out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ok1.png", "ok2.png"]
+
+
 def run_cli_error(capsys, argv):
     code = main(argv)
     err = capsys.readouterr().err.strip()

@@ -202,6 +202,17 @@ def test_fusing_returns_a_png_of_the_inputs_size(client, tmp_path, count, form, 
     assert client.get(meta["result_url"]).get_json() == meta
 
 
+def test_a_photo_above_the_working_size_is_fused_by_the_guided_path_and_says_so(client, tmp_path):
+    small = post(client, write_stack(tmp_path / "small", 2)).get_json()
+    assert small["resolution"].endswith("at full resolution")
+    paths = write_stack(tmp_path / "big", 2, size=(400, 700))  # 0.28 MP > 512 x 512
+    meta = post(client, paths).get_json()
+    assert (meta["width"], meta["height"]) == (700, 400)
+    assert "at 677x387" in meta["resolution"] and "colour transform" in meta["resolution"]
+    assert post(client, paths, method="mertens").get_json()["resolution"] is None
+    assert "data.resolution" in client.get("/static/app.js").get_data(as_text=True)
+
+
 @pytest.mark.parametrize("depths", [(16, 16), (8, 16)])
 def test_a_16_bit_input_gives_a_16_bit_png(client, tmp_path, depths):
     dark = write_stack(tmp_path / "a", 1, bit_depth=depths[0])[0]

@@ -8,6 +8,7 @@ dtype round trip behave the same everywhere.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -20,11 +21,18 @@ from textmef.errors import CheckpointError, InputError
 from textmef.io import DEFAULT_MAX_PIXELS
 from textmef.models.fusionnet import FusionNet
 from textmef.runtime import resolve_device, set_threads
-from textmef.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
+from textmef.tiling import (
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
+    DEFAULT_WORK_SIZE,
+    check_tiling,
+    check_work_size,
+)
 
 __all__ = ["ImageLike", "fuse", "load_model", "resolve_device", "set_threads"]
 
 ImageLike: TypeAlias = "str | os.PathLike[str] | np.ndarray | torch.Tensor"
+log = logging.getLogger(__name__)
 
 
 def load_model(
@@ -128,6 +136,8 @@ def fuse(
     device: str | torch.device | None = None,
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
+    work_size: int = DEFAULT_WORK_SIZE,
+    full_res: bool = False,
     threads: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Any:
@@ -146,6 +156,11 @@ def fuse(
             gives the one-piece result (see :mod:`textmef.inference`); 0 fuses the whole
             image in one piece.
         overlap: Rows shared by neighbouring strips.
+        work_size: Images of more than ``work_size * work_size`` pixels take the guided
+            path: the network fuses the pair downscaled to about that many pixels and a
+            local colour transform fitted against the exposures carries its result to full
+            resolution (:func:`textmef.inference.fuse_guided`; logged at INFO).
+        full_res: Run the network at full resolution (tiled) whatever the size.
         threads: CPU threads for PyTorch and the scan kernels (None: leave as set).
         max_pixels: for paths, the most pixels per image, checked from the header before
             anything is decoded (None: no limit).
@@ -159,9 +174,10 @@ def fuse(
         InputError: unreadable or mismatched inputs, bad tile settings or device.
         CheckpointError: the weights cannot be loaded.
     """
-    from textmef.inference import fuse_tensors
+    from textmef.inference import fuse_guided, fuse_tensors, plan_fusion
 
     check_tiling(tile, overlap)
+    check_work_size(work_size)
     if isinstance(under, (str, os.PathLike)) and isinstance(over, (str, os.PathLike)):
         _check_path_pair(Path(under), Path(over), max_pixels)
     u, how = _as_tensor(under, "under", max_pixels)
@@ -178,5 +194,13 @@ def fuse(
     elif device is not None:
         model = model.to(resolve_device(device))
     dev = next(model.parameters()).device
-    fused = fuse_tensors(model, u.to(dev), o.to(dev), tile=tile, overlap=overlap)
+    height, width = u.shape[-2:]
+    plan = plan_fusion(height, width, work_size, full_res)
+    if plan.guided:
+        log.info("%s", plan.describe())
+        fused = fuse_guided(
+            model, u.to(dev), o.to(dev), work_size=work_size, tile=tile, overlap=overlap
+        )
+    else:
+        fused = fuse_tensors(model, u.to(dev), o.to(dev), tile=tile, overlap=overlap)
     return _restore(fused, how)

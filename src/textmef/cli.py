@@ -19,7 +19,13 @@ from textmef import __version__
 from textmef.argtypes import csv_list, non_negative_int, positive_int
 from textmef.errors import InputError, TextmefError
 from textmef.limits import DEFAULT_MAX_PIXELS
-from textmef.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
+from textmef.tiling import (
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
+    DEFAULT_WORK_SIZE,
+    check_tiling,
+    check_work_size,
+)
 
 log = logging.getLogger("textmef")
 
@@ -73,13 +79,40 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_OVERLAP,
         help=f"rows shared by neighbouring tiles (default {DEFAULT_OVERLAP})",
     )
-    fuse.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
+    fuse.add_argument(
+        "--work-size",
+        type=positive_int,
+        default=DEFAULT_WORK_SIZE,
+        metavar="N",
+        help=(
+            "images above N x N pixels are fused at about N x N and carried to full "
+            "resolution by a local colour transform fitted against the exposures (the "
+            f"guided path; default {DEFAULT_WORK_SIZE})"
+        ),
+    )
+    fuse.add_argument(
+        "--full-res",
+        action="store_true",
+        help="run the network at full resolution (in tiles) whatever the size: slower",
+    )
+    fuse.add_argument(
+        "--threads",
+        type=positive_int,
+        help="CPU threads (default: all cores; in folder mode shared between the --jobs)",
+    )
     _add_max_pixels(fuse)
     fuse.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     fuse.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="folder mode: fuse N pairs at a time in worker processes (default 1)",
+    )
+    fuse.add_argument(
         "--skip-existing",
         action="store_true",
-        help="folder mode: skip pairs whose output already exists",
+        help="folder mode: skip pairs whose output already exists (resume a run)",
     )
     fuse.add_argument(
         "--ext",
@@ -732,6 +765,13 @@ def _add_bench(sub) -> None:
         default=DEFAULT_OVERLAP,
         help=f"tile overlap (default {DEFAULT_OVERLAP})",
     )
+    p.add_argument(
+        "--work-size",
+        type=positive_int,
+        metavar="N",
+        help="bench the network methods as `textmef fuse` runs them: the guided path above "
+        "N x N pixels (default: the network at full resolution, the published method)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda for the network (default cpu)")
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
     _add_max_pixels(p)
@@ -751,7 +791,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         device=str(resolve_device(args.device)),
         tile=args.tile,
         overlap=args.overlap,
+        work_size=args.work_size,
     )
+    if args.work_size is not None:
+        check_work_size(args.work_size)
     config = BenchConfig(
         data=args.data,
         out=args.output,
@@ -844,11 +887,18 @@ def _fuse_files(model, paths: Sequence[Path], out: Path, args: argparse.Namespac
         align=args.align,
         tile=args.tile,
         overlap=args.overlap,
+        work_size=args.work_size,
+        full_res=args.full_res,
         threads=args.threads,
         max_pixels=args.max_pixels,
     )
     if result.misalignment_px is not None and result.misalignment_px > MISALIGNED_PX:
         dark, bright = paths[result.order[0]].name, paths[result.order[-1]].name
+        if dark == bright:  # folder mode: one stem in two folders
+            dark, bright = (
+                f"{p.parent.name}/{p.name}"
+                for p in (paths[result.order[0]], paths[result.order[-1]])
+            )
         log.warning(
             "%s and %s look misaligned by about %.1f px (hand-held?); pass --align to "
             "register them first",
@@ -881,6 +931,10 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             None, "expected two or more images: textmef fuse UNDER OVER [MORE...] -o OUT"
         )
     check_tiling(args.tile, args.overlap)
+    check_work_size(args.work_size)
+    # The API's own line about the guided path would repeat for every pair; the command
+    # says it once (below, or per folder in _fuse_folders).
+    logging.getLogger("textmef.api").setLevel(logging.WARNING)
     if folder_mode:
         return _fuse_folders(args)
     from textmef.files import check_output_file
@@ -890,11 +944,35 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     # decoded, so a mistake costs the start-up time, not a fusion.
     paths = [Path(p) for p in args.images]
     check_output_file(args.output, inputs=paths)
-    check_stack_files(paths, args.max_pixels)
+    headers = check_stack_files(paths, args.max_pixels)
+    _say_resolution([(h.height, h.width) for h in headers[:1]], args)
     model = _load_model(args)
     note = _fuse_files(model, paths, args.output, args)
     print(f"wrote {args.output}" + (f" ({note})" if note else ""))
     return 0
+
+
+def _say_resolution(sizes: Sequence[tuple[int, int]], args: argparse.Namespace) -> None:
+    """One line when the guided path will run (for one image, or how many of a folder)."""
+    from textmef.inference import plan_fusion
+
+    plans = [plan_fusion(h, w, args.work_size, args.full_res) for h, w in sizes]
+    guided = [p for p in plans if p.guided]
+    if not guided:
+        return
+    hint = "; --full-res runs the network at full resolution (slower)"
+    if len(plans) == 1:
+        log.info("%s%s", guided[0].describe(), hint)
+        return
+    log.info(
+        "%d of %d pairs are larger than %d x %d pixels: the network fuses them at about that "
+        "size and a local colour transform carries each result to full resolution%s",
+        len(guided),
+        len(plans),
+        args.work_size,
+        args.work_size,
+        hint,
+    )
 
 
 def _load_model(args: argparse.Namespace) -> Any:
@@ -926,28 +1004,27 @@ def _output_folder(args: argparse.Namespace) -> Path:
 
 
 def _fuse_folders(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from textmef.files import check_output_file, remove_stale_temp_files
     from textmef.stack import check_stack_files
 
     out = _output_folder(args)
     pairs = _pairs_from_folders(args.under, args.over)
     suffix = f".{args.ext.lstrip('.')}" if args.ext else None
-    jobs = [(u, o, out / (u.stem + (suffix or u.suffix))) for u, o in pairs]
+    tasks = [(u, o, out / (u.stem + (suffix or u.suffix))) for u, o in pairs]
     if suffix:  # one bad --ext fails the whole run at once
         check_output_file(out / f"x{suffix}", folder_made_later=True)
     if args.skip_existing:
-        done = [j for j in jobs if j[2].exists()]
-        jobs = [j for j in jobs if not j[2].exists()]
+        done = [t for t in tasks if t[2].exists()]
+        tasks = [t for t in tasks if not t[2].exists()]
         if done:
             print(f"skipping {len(done)} pair(s) whose output exists")
-    failures, ready = 0, []
-    for under, over, target in jobs:  # headers only: bad pairs are reported before fusing
+    failures, ready, sizes = 0, [], []
+    for under, over, target in tasks:  # headers only: bad pairs are reported before fusing
         try:
             check_output_file(target, inputs=(under, over), folder_made_later=True)
-            check_stack_files([under, over], args.max_pixels)
+            headers = check_stack_files([under, over], args.max_pixels)
             ready.append((under, over, target))
+            sizes.append((headers[0].height, headers[0].width))
         except InputError as exc:
             failures += 1
             print(f"textmef: error: {exc}", file=sys.stderr)
@@ -955,8 +1032,23 @@ def _fuse_folders(args: argparse.Namespace) -> int:
         out.mkdir(exist_ok=True)
         for path in remove_stale_temp_files(out):
             log.info("removed %s, left by an interrupted run", path.name)
+        _say_resolution(sizes, args)
+    workers = min(args.jobs, len(ready))
+    fuse_all = _fuse_in_pool if workers > 1 else _fuse_in_process
+    fused, failed = fuse_all(ready, args, workers)
+    failures += failed
+    print(f"fused {fused} pair(s) into {out}" + (f"; {failures} failed" if failures else ""))
+    return 1 if failures else 0
+
+
+def _fuse_in_process(
+    ready: Sequence[tuple[Path, Path, Path]], args: argparse.Namespace, workers: int
+) -> tuple[int, int]:
+    """Fuse the pairs one after another here; returns (fused, failed)."""
+    from tqdm import tqdm
+
     model = _load_model(args) if ready else None
-    fused = 0
+    fused = failed = 0
     for under, over, target in tqdm(ready, desc="fusing", unit="pair", disable=None):
         try:
             note = _fuse_files(model, [under, over], target, args)
@@ -964,10 +1056,78 @@ def _fuse_folders(args: argparse.Namespace) -> int:
             if note and args.align:
                 tqdm.write(f"{target.name}: {note}")
         except InputError as exc:
-            failures += 1
+            failed += 1
             tqdm.write(f"textmef: error: {exc}", file=sys.stderr)
-    print(f"fused {fused} pair(s) into {out}" + (f"; {failures} failed" if failures else ""))
-    return 1 if failures else 0
+    return fused, failed
+
+
+def _fuse_in_pool(
+    ready: Sequence[tuple[Path, Path, Path]], args: argparse.Namespace, workers: int
+) -> tuple[int, int]:
+    """Fuse the pairs in ``workers`` processes, the threads split between them.
+
+    Each worker loads the model once and fuses one pair at a time; outputs are written
+    atomically, so an interrupted run leaves whole files that ``--skip-existing`` keeps.
+    Processes are spawned, not forked: a forked PyTorch thread pool can deadlock.
+    """
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm import tqdm
+
+    threads = max(1, (args.threads or os.cpu_count() or 1) // workers)
+    options = {k: v for k, v in vars(args).items() if k != "run"} | {"threads": threads}
+    fused = failed = 0
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_start,
+        initargs=(options,),
+    )
+    try:
+        futures = [pool.submit(_worker_fuse, u, o, t) for u, o, t in ready]
+        for future in tqdm(
+            as_completed(futures), total=len(futures), desc="fusing", unit="pair", disable=None
+        ):
+            name, note, error = future.result()
+            if error is None:
+                fused += 1
+                if note and args.align:
+                    tqdm.write(f"{name}: {note}")
+            else:
+                failed += 1
+                tqdm.write(f"textmef: error: {error}", file=sys.stderr)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return fused, failed
+
+
+# One per worker process of _fuse_in_pool: its options and its model.
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_start(options: dict[str, Any]) -> None:
+    import signal
+
+    # Ctrl-C reaches the whole process group; the parent alone handles it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format="textmef: %(levelname)s: %(message)s")
+    logging.getLogger("textmef.api").setLevel(logging.WARNING)
+    args = argparse.Namespace(**options)
+    _use_threads(args.threads)
+    _WORKER["args"], _WORKER["model"] = args, _load_model(args)
+
+
+def _worker_fuse(under: Path, over: Path, target: Path) -> tuple[str, str | None, str | None]:
+    """(output name, note, None) or (output name, None, the error's one line)."""
+    try:
+        note = _fuse_files(_WORKER["model"], [under, over], target, _WORKER["args"])
+    except TextmefError as exc:
+        return target.name, None, str(exc)
+    return target.name, note, None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

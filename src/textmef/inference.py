@@ -1,4 +1,9 @@
-"""Tiled inference: any image size with bounded memory, the same result as one piece.
+"""Inference at any size: tiled network passes and the guided full-resolution path.
+
+:func:`fuse_guided` (the default above :data:`~textmef.tiling.DEFAULT_WORK_SIZE`) runs the
+network on the pair downscaled to the working size and carries its result to full
+resolution with local affine colour maps fitted against the exposures
+(:mod:`textmef.guided`). :func:`fuse_tensors` runs the network at the given size, tiled:
 
 The image is cut into overlapping full-width strips (:func:`textmef.tiling.tile_grid`).
 Fusing each strip on its own would normalise and pool every strip with its own statistics,
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -22,12 +28,68 @@ from textmef.runtime import tune_allocator
 from textmef.tiling import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
+    DEFAULT_WORK_SIZE,
     check_tiling,
     tile_grid,
     tiles_with_cores,
+    working_size,
 )
 
-__all__ = ["DEFAULT_OVERLAP", "DEFAULT_TILE", "check_tiling", "fuse_tensors", "tile_grid"]
+__all__ = [
+    "DEFAULT_OVERLAP",
+    "DEFAULT_TILE",
+    "DEFAULT_WORK_SIZE",
+    "FusionPlan",
+    "check_tiling",
+    "fuse_guided",
+    "fuse_tensors",
+    "plan_fusion",
+    "tile_grid",
+]
+# The colour maps are fitted on at most this many pixels (squared): they are smooth, so a
+# larger grid costs time without changing the result (He & Sun's fast guided filter).
+FIT_SIZE = 512
+
+
+@dataclass(frozen=True)
+class FusionPlan:
+    """Where the network runs for an image of a given size.
+
+    Attributes:
+        height, width: the image's size.
+        work_height, work_width: the size the network fuses at (the image's own size when
+            the network runs at full resolution).
+    """
+
+    height: int
+    width: int
+    work_height: int
+    work_width: int
+
+    @property
+    def guided(self) -> bool:
+        """Whether the guided path carries a smaller network result to full resolution."""
+        return (self.work_height, self.work_width) != (self.height, self.width)
+
+    def describe(self) -> str:
+        """One line for people: which path and at what size."""
+        size = f"{self.width}x{self.height} ({self.width * self.height / 1e6:.1f} MP)"
+        if not self.guided:
+            return f"{size}: the network fuses it at full resolution"
+        return (
+            f"{size}: the network fuses it at {self.work_width}x{self.work_height} and a "
+            "local colour transform fitted against the exposures carries the result to "
+            "full resolution"
+        )
+
+
+def plan_fusion(
+    height: int, width: int, work_size: int = DEFAULT_WORK_SIZE, full_res: bool = False
+) -> FusionPlan:
+    """The :class:`FusionPlan` of :func:`textmef.api.fuse` for an image of this size."""
+    if full_res:
+        return FusionPlan(height, width, height, width)
+    return FusionPlan(height, width, *working_size(height, width, work_size))
 
 
 def _edge_profile(overlap: int) -> torch.Tensor:
@@ -134,3 +196,50 @@ def fuse_tensors(
         weight[..., rows, cols] += w
         tick()
     return acc / weight
+
+
+@torch.no_grad()
+def fuse_guided(
+    model: nn.Module,
+    under: torch.Tensor,
+    over: torch.Tensor,
+    *,
+    work_size: int = DEFAULT_WORK_SIZE,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    on_tile: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Fuse at the working size and carry the result to full resolution; unclamped.
+
+    Images of at most ``work_size * work_size`` pixels go through :func:`fuse_tensors`
+    unchanged. Larger ones are area-downscaled to the working size, fused there (tiled when
+    the working size exceeds ``tile``), and brought back by local affine maps from the two
+    exposures (six channels) to the network's output (:func:`textmef.guided.guided_upsample`,
+    fitted on at most :data:`FIT_SIZE` squared pixels): tone and colour from the network,
+    detail and edges from the full-resolution exposures, no tiles at full size.
+
+    Args:
+        model: A fusion network taking (under, over).
+        under: (B, 3, H, W) float in [0, 1], on the model's device.
+        over: Same shape.
+        work_size: Pixel budget (``work_size * work_size``) of the network's pass.
+        tile: Pixel budget of a tile of the network's pass (see :func:`fuse_tensors`).
+        overlap: Rows shared by neighbouring tiles.
+        on_tile: Progress of the network's pass, as in :func:`fuse_tensors`.
+    """
+    from textmef.guided import apply_local_affine, downscale, fit_local_affine, window_radius
+
+    height, width = under.shape[-2:]
+    plan = plan_fusion(height, width, work_size)
+    if not plan.guided:
+        return fuse_tensors(model, under, over, tile=tile, overlap=overlap, on_tile=on_tile)
+    h, w = plan.work_height, plan.work_width
+    small_under, small_over = downscale(under, h, w), downscale(over, h, w)
+    low = fuse_tensors(model, small_under, small_over, tile=tile, overlap=overlap, on_tile=on_tile)
+    fit_h, fit_w = working_size(h, w, FIT_SIZE)
+    guide = torch.cat([small_under, small_over], 1)
+    del small_under, small_over
+    guide, low = downscale(guide, fit_h, fit_w), downscale(low, fit_h, fit_w)
+    maps = fit_local_affine(guide, low.float(), window_radius(fit_h, fit_w))
+    del guide, low
+    return apply_local_affine(maps, [under, over])

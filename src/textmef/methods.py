@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from textmef.errors import InputError
-from textmef.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+from textmef.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, DEFAULT_WORK_SIZE
 
 if TYPE_CHECKING:
     import torch
@@ -58,6 +58,10 @@ class MethodOptions:
             (see :mod:`textmef.tiling`).
         overlap: tile overlap in pixels.
         strategy: how ``textmef`` fuses stacks of 3+ frames (None: the package default).
+        work_size: None runs the network at full resolution (the method as published,
+            what ``textmef bench`` measures unless told otherwise); N takes the guided path
+            above N x N pixels, as ``textmef fuse`` and the web app do
+            (see :func:`textmef.api.fuse`).
         model: an already loaded network to use instead of loading ``weights`` (a server
             that keeps one model for every request).
     """
@@ -67,6 +71,7 @@ class MethodOptions:
     tile: int = DEFAULT_TILE
     overlap: int = DEFAULT_OVERLAP
     strategy: str | None = None
+    work_size: int | None = None
     model: Any = field(default=None, compare=False, repr=False)
 
 
@@ -182,7 +187,13 @@ def _network(fixed_strategy: str | None) -> Callable[[MethodOptions], FrameFusio
             if options.model is not None
             else load_model(options.weights, options.device)
         )
-        pair = network_pair_fusion(model, tile=options.tile, overlap=options.overlap)
+        pair = network_pair_fusion(
+            model,
+            tile=options.tile,
+            overlap=options.overlap,
+            work_size=options.work_size or DEFAULT_WORK_SIZE,
+            full_res=options.work_size is None,
+        )
         strategy = _strategy(fixed_strategy, options)
         return lambda frames: fuse_frames(frames, pair, strategy)
 
@@ -197,6 +208,8 @@ def _describe_network(fixed_strategy: str | None) -> Callable[[MethodOptions], s
         tiles = (
             f"tiles {options.tile} px, overlap {options.overlap}" if options.tile else "whole image"
         )
+        if options.work_size is not None:
+            tiles += f"; guided path above {options.work_size} x {options.work_size} px"
         return (
             f"TextMEF network, weights {weights}, {tiles}, {options.device}; stacks: "
             f"{_strategy(fixed_strategy, options)} strategy"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from textmef.errors import InputError
 from textmef.limits import DEFAULT_MAX_PIXELS
-from textmef.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+from textmef.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, DEFAULT_WORK_SIZE
 
 # numpy, torch and the image I/O are imported where they are used: the command line reads
 # the strategy names from this module without loading them.
@@ -206,6 +206,8 @@ def network_pair_fusion(
     *,
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
+    work_size: int = DEFAULT_WORK_SIZE,
+    full_res: bool = False,
     device: str | torch.device | None = None,
     threads: int | None = None,
 ) -> PairFusion:
@@ -220,6 +222,8 @@ def network_pair_fusion(
             device=device,
             tile=tile,
             overlap=overlap,
+            work_size=work_size,
+            full_res=full_res,
             threads=threads,
         )
         return fused
@@ -324,6 +328,8 @@ def fuse_stack(
     align: bool = False,
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
+    work_size: int = DEFAULT_WORK_SIZE,
+    full_res: bool = False,
     device: str | torch.device | None = None,
     threads: int | None = None,
     max_pixels: int | None = None,
@@ -339,6 +345,9 @@ def fuse_stack(
         tile: pixel budget (tile x tile) of a network tile (0: whole image), as in
             :func:`textmef.api.fuse`.
         overlap: tile overlap.
+        work_size: pixel budget (work_size x work_size) of the guided path's network pass,
+            as in :func:`textmef.api.fuse`.
+        full_res: run the network at full resolution whatever the size.
         device: where the network runs (None: where the model is).
         threads: CPU threads (None: leave as set).
         max_pixels: the most pixels per image (None: the default limit of textmef.io).
@@ -355,6 +364,14 @@ def fuse_stack(
             None, f"unknown stack strategy {strategy!r}; use one of {', '.join(STRATEGIES)}"
         )
     prepared = prepare_stack(paths, align=align, max_pixels=max_pixels)
-    pair = network_pair_fusion(model, tile=tile, overlap=overlap, device=device, threads=threads)
+    pair = network_pair_fusion(
+        model,
+        tile=tile,
+        overlap=overlap,
+        work_size=work_size,
+        full_res=full_res,
+        device=device,
+        threads=threads,
+    )
     fused = fuse_frames(prepared.tensors, pair, strategy, on_step)
     return prepared.result(fused, strategy_ranks(strategy, len(prepared.tensors)))

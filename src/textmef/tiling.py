@@ -1,9 +1,12 @@
-"""How an image is cut into tiles: the defaults, the checks and the grid (no torch).
+"""How an image is cut into tiles and sized for the network: defaults, checks, grid (no torch).
 
 One meaning everywhere (API, CLI, web app, bench): ``tile`` sets the pixel budget of a tile,
 ``tile * tile`` pixels (tiles are full-width strips of about that many pixels, see
 :func:`tile_grid`), and ``0`` fuses the whole image in one piece; ``overlap`` is the number
-of rows that neighbouring strips share.
+of rows that neighbouring strips share. ``work_size`` is the pixel budget
+(``work_size * work_size``) of the guided full-resolution path: larger images are fused at
+about that many pixels and carried back to full size (:func:`working_size`,
+:mod:`textmef.guided`).
 """
 
 from __future__ import annotations
@@ -15,14 +18,24 @@ from textmef.errors import InputError
 __all__ = [
     "DEFAULT_OVERLAP",
     "DEFAULT_TILE",
+    "DEFAULT_WORK_SIZE",
+    "MIN_WORK_SIZE",
     "check_tiling",
+    "check_work_size",
     "strip_rows",
     "tile_grid",
     "tiles_with_cores",
+    "working_size",
 ]
 
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 32
+# The guided path's working size: the default tile, so the network's pass is one piece (no
+# second pass for shared statistics), which keeps a 12 MP photo near 1 s of network time with
+# either packaged width; measured on the held-out pairs (docs/performance.md, "Guided full
+# resolution"): fusing at 1/2 to 1/3.5 of the linear size loses no PSNR.
+DEFAULT_WORK_SIZE = 512
+MIN_WORK_SIZE = 64
 # The network pools twice by 2 and convolves 3x3: a strip needs some rows to mean anything.
 _MIN_STRIP_ROWS = 16
 
@@ -88,3 +101,30 @@ def tiles_with_cores(
         last = height if i == len(strips) - 1 else (strips[i + 1].start + strip.stop) // 2
         out.append((strip, slice(0, width), slice(first - strip.start, last - strip.start)))
     return out
+
+
+def check_work_size(work_size: int) -> None:
+    """Refuse a working size the network cannot use, with a message a user can act on.
+
+    Raises:
+        InputError: ``work_size`` is not an integer >= :data:`MIN_WORK_SIZE`.
+    """
+    if isinstance(work_size, bool) or not isinstance(work_size, int) or work_size < MIN_WORK_SIZE:
+        raise InputError(
+            None, f"work size must be an integer >= {MIN_WORK_SIZE} (pixels), got {work_size!r}"
+        )
+
+
+def working_size(height: int, width: int, work_size: int) -> tuple[int, int]:
+    """The (height, width) the network fuses an image of this size at in the guided path.
+
+    The image's own size when it has at most ``work_size * work_size`` pixels; otherwise
+    the largest size of the same aspect ratio within that budget (rounded, each side at
+    least 1 pixel).
+    """
+    check_work_size(work_size)
+    budget = work_size * work_size
+    if height * width <= budget:
+        return height, width
+    scale = (budget / (height * width)) ** 0.5
+    return max(1, int(height * scale)), max(1, int(width * scale))

@@ -60,6 +60,7 @@ from werkzeug.exceptions import HTTPException
 
 from textmef import __version__, io
 from textmef.errors import InputError
+from textmef.inference import plan_fusion
 from textmef.methods import (
     MethodOptions,
     MethodUnavailableError,
@@ -69,6 +70,7 @@ from textmef.methods import (
     unavailable_reason,
 )
 from textmef.stack import STRATEGIES, prepare_stack
+from textmef.tiling import DEFAULT_WORK_SIZE
 from textmef.web.limits import (
     DEFAULT_MAX_FILES,
     DEFAULT_MAX_PIXELS,
@@ -153,6 +155,7 @@ class _Fused:
     preview: bytes
     input_previews: tuple[bytes, ...]
     compute_seconds: float
+    resolution: str | None = None
 
 
 def create_app(
@@ -501,10 +504,14 @@ def _fuse(
     """One fusion job, run by a :class:`FusionQueue` worker (no request context here)."""
     started = time.perf_counter()
     method = get_method(method_name)
-    options = MethodOptions(model=model)
+    options = MethodOptions(model=model, work_size=DEFAULT_WORK_SIZE)
     try:
         prepared = prepare_stack([u.path for u in uploads], align=align)
         fused = build_method(method_name, options)(prepared.tensors)
+        resolution = None
+        if method.uses_network:
+            height, width = prepared.tensors[0].shape[-2:]
+            resolution = plan_fusion(height, width, DEFAULT_WORK_SIZE)
         fusion = prepared.result(fused, method.frames_used(options, len(uploads)))
     except MethodUnavailableError as exc:
         raise ApiError(400, str(exc)) from None
@@ -526,6 +533,7 @@ def _fuse(
         preview=_jpeg(_fit(_to_uint8_bgr(fusion.image))),
         input_previews=tuple(_file_preview(u) for u in uploads),
         compute_seconds=seconds,
+        resolution=resolution.describe() if resolution is not None else None,
     )
 
 
@@ -552,6 +560,7 @@ def _result(
         "order": fused.order,
         "used": fused.used,
         "motions": fused.motions,
+        "resolution": fused.resolution,
         "seconds": round(fused.compute_seconds, 3),
         "compute_seconds": round(fused.compute_seconds, 3),
         "queue_seconds": round(queue_seconds, 3),

@@ -253,6 +253,8 @@
     if (data.align) parts.splice(3, 0, "aligned");
     // Time spent waiting for other fusions is shown apart from the fusion's own.
     if (data.queue_seconds > 0.1) parts.push(`${data.queue_seconds.toFixed(1)} s in the queue`);
+    // Big photos take the guided path: say so, in the words of the API's one line.
+    if (data.resolution && !data.resolution.endsWith("at full resolution")) parts.push(data.resolution);
     el.meta.textContent = parts.join(" · ");
     el.download.href = data.download_url;
     el.download.setAttribute("download", data.filename);
