@@ -134,6 +134,18 @@ def test_a_pair_above_the_working_size_takes_the_guided_path_and_says_so(tmp_pat
     assert not np.array_equal(guided, full)
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_the_guided_path_keeps_16_bits(tmp_path, weights, suffix):
+    under, over = write_pair(tmp_path, "deep", size=(100, 150), bit_depth=16, suffix=suffix)
+    out = tmp_path / f"fused{suffix}"
+    argv = ["fuse", str(under), str(over), "-o", str(out), "--weights", str(weights)]
+    assert main([*argv, "--work-size", "64"]) == 0
+    fused = io.read_image(out)
+    assert fused.bit_depth == 16 and fused.pixels.shape == (100, 150, 3)
+    # More than 256 levels: the 16-bit output is not an 8-bit image in disguise.
+    assert len(np.unique(fused.pixels[..., 1])) > 256
+
+
 def test_a_working_size_below_the_minimum_is_a_one_line_error(tmp_path, weights, capsys):
     under, over = write_pair(tmp_path, "a")
     argv = ["fuse", str(under), str(over), "-o", str(tmp_path / "f.png"), "--work-size", "8"]

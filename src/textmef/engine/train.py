@@ -333,7 +333,8 @@ def validate(
     model.eval()
     rows: list[dict] = []
     for name, u, o, g in zip(data.names, data.unders, data.overs, data.gts):
-        fused = fuse(u, o, model=model, device=device)
+        # The network itself is validated, never the guided path for big photos.
+        fused = fuse(u, o, model=model, device=device, full_res=True)
         rows.append(
             {
                 "name": name,
