@@ -202,15 +202,21 @@ def test_fusing_returns_a_png_of_the_inputs_size(client, tmp_path, count, form, 
     assert client.get(meta["result_url"]).get_json() == meta
 
 
-def test_a_photo_above_the_working_size_is_fused_by_the_guided_path_and_says_so(client, tmp_path):
-    small = post(client, write_stack(tmp_path / "small", 2)).get_json()
+def test_a_photo_above_the_working_size_is_fused_by_the_guided_path_and_says_so(
+    make_client, tmp_path
+):
+    # A small working size keeps this test's network pass small (the default is 512).
+    client = make_client(work_size=64)
+    small = post(client, write_stack(tmp_path / "small", 2, size=(48, 64))).get_json()
     assert small["resolution"].endswith("at full resolution")
-    paths = write_stack(tmp_path / "big", 2, size=(400, 700))  # 0.28 MP > 512 x 512
+    paths = write_stack(tmp_path / "big", 2, size=(100, 175))  # 17,500 px > 64 x 64
     meta = post(client, paths).get_json()
-    assert (meta["width"], meta["height"]) == (700, 400)
-    assert "at 677x387" in meta["resolution"] and "colour transform" in meta["resolution"]
+    assert (meta["width"], meta["height"]) == (175, 100)
+    assert "at 84x48" in meta["resolution"] and "colour transform" in meta["resolution"]
     assert post(client, paths, method="mertens").get_json()["resolution"] is None
     assert "data.resolution" in client.get("/static/app.js").get_data(as_text=True)
+    with pytest.raises(ValueError, match="work size"):
+        make_client(work_size=8)
 
 
 @pytest.mark.parametrize("depths", [(16, 16), (8, 16)])

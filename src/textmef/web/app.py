@@ -70,7 +70,7 @@ from textmef.methods import (
     unavailable_reason,
 )
 from textmef.stack import STRATEGIES, prepare_stack
-from textmef.tiling import DEFAULT_WORK_SIZE
+from textmef.tiling import DEFAULT_WORK_SIZE, check_work_size
 from textmef.web.limits import (
     DEFAULT_MAX_FILES,
     DEFAULT_MAX_PIXELS,
@@ -169,6 +169,7 @@ def create_app(
     workers: int = DEFAULT_WORKERS,
     max_result_mb: float = DEFAULT_MAX_RESULT_MB,
     result_ttl_s: float = DEFAULT_RESULT_TTL_S,
+    work_size: int = DEFAULT_WORK_SIZE,
 ) -> Flask:
     """Build the web application around a loaded fusion network (no I/O happens here).
 
@@ -205,13 +206,16 @@ def create_app(
             side by side.
         max_result_mb: the most MiB of results kept for download, all together.
         result_ttl_s: seconds a result is kept at most.
+        work_size: the network takes the guided full-resolution path above
+            ``work_size`` x ``work_size`` pixels (see :func:`textmef.api.fuse`).
 
     Returns:
         The Flask application (a WSGI callable).
 
     Raises:
-        ValueError: a limit is not positive.
+        ValueError: a limit is not positive, or the working size is below 64.
     """
+    check_work_size(work_size)
     if max_upload_mb <= 0 or max_pixels < 1 or max_files < 2:
         raise ValueError(
             f"limits must be positive and allow 2 files: max_upload_mb="
@@ -286,7 +290,7 @@ def create_app(
                 # Closed before the folder goes, so the cleanup also works on Windows.
                 for part in parts:
                     part.close()
-            work = partial(_fuse, model, uploads, method, align, Path(folder))
+            work = partial(_fuse, model, uploads, method, align, Path(folder), work_size)
             job = _queue_room(partial(fusions.submit, work))
             # The folder stays until the job is done: the worker reads the saved files.
             fused = job.result()
@@ -500,18 +504,19 @@ def _fuse(
     method_name: str,
     align: bool,
     folder: Path,
+    work_size: int = DEFAULT_WORK_SIZE,
 ) -> _Fused:
     """One fusion job, run by a :class:`FusionQueue` worker (no request context here)."""
     started = time.perf_counter()
     method = get_method(method_name)
-    options = MethodOptions(model=model, work_size=DEFAULT_WORK_SIZE)
+    options = MethodOptions(model=model, work_size=work_size)
     try:
         prepared = prepare_stack([u.path for u in uploads], align=align)
         fused = build_method(method_name, options)(prepared.tensors)
         resolution = None
         if method.uses_network:
             height, width = prepared.tensors[0].shape[-2:]
-            resolution = plan_fusion(height, width, DEFAULT_WORK_SIZE)
+            resolution = plan_fusion(height, width, work_size)
         fusion = prepared.result(fused, method.frames_used(options, len(uploads)))
     except MethodUnavailableError as exc:
         raise ApiError(400, str(exc)) from None

@@ -21,6 +21,7 @@ from typing import Any
 
 from textmef.argtypes import positive_float, positive_int
 from textmef.errors import InputError, TextmefError
+from textmef.tiling import DEFAULT_WORK_SIZE
 from textmef.web.limits import (
     DEFAULT_MAX_FILES,
     DEFAULT_MAX_PIXELS,
@@ -149,6 +150,14 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         default=DEFAULT_RESULT_TTL_S,
         metavar="SECONDS",
         help=f"how long a result stays downloadable at most (default {DEFAULT_RESULT_TTL_S})",
+    )
+    p.add_argument(
+        "--work-size",
+        type=positive_int,
+        default=DEFAULT_WORK_SIZE,
+        metavar="N",
+        help="photos above N x N pixels take the guided full-resolution path "
+        f"(default {DEFAULT_WORK_SIZE}; see textmef fuse --help)",
     )
     p.set_defaults(run=_cmd_serve)
     return p
@@ -345,6 +354,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             max_queue=args.max_queue,
             max_result_mb=args.max_result_mb,
             result_ttl_s=args.result_ttl,
+            work_size=args.work_size,
         )
         fusions = app.extensions[FUSION_QUEUE_KEY]  # its threads start with the first fusion
         server = make_server(app, args.host, args.port, max_upload_mb=args.max_upload_mb)
