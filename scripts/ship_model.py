@@ -17,6 +17,14 @@ which is committed while the run is in progress):
    and ``MODEL_CARD.md`` written.
 
     python scripts/ship_model.py [--stacks ../shared/data/brackets] [--session-steps N]
+
+The run imports parts of textmef lazily (validation loads ``textmef.api`` at step 500,
+1,000, ...), so editing the repository while it trains can break it. To keep working here
+meanwhile, run it from a worktree of the last commit whose run folder is this one::
+
+    git worktree add --detach ../train-wt HEAD
+    rm -r ../train-wt/training/ship-c32 && ln -s "$PWD/training/ship-c32" ../train-wt/training/
+    (cd ../train-wt && PYTHONPATH=src python scripts/ship_model.py --session-steps N)
 """
 
 from __future__ import annotations
