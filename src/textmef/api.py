@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -198,9 +199,7 @@ def fuse(
     plan = plan_fusion(height, width, work_size, full_res)
     if plan.guided:
         log.info("%s", plan.describe())
-        fused = fuse_guided(
-            model, u.to(dev), o.to(dev), work_size=work_size, tile=tile, overlap=overlap
-        )
-    else:
-        fused = fuse_tensors(model, u.to(dev), o.to(dev), tile=tile, overlap=overlap)
+    # fuse_guided is fuse_tensors itself for images within the working size.
+    run = fuse_tensors if full_res else partial(fuse_guided, work_size=work_size)
+    fused = run(model, u.to(dev), o.to(dev), tile=tile, overlap=overlap)
     return _restore(fused, how)

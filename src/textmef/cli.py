@@ -1034,15 +1034,17 @@ def _fuse_folders(args: argparse.Namespace) -> int:
             log.info("removed %s, left by an interrupted run", path.name)
         _say_resolution(sizes, args)
     workers = min(args.jobs, len(ready))
-    fuse_all = _fuse_in_pool if workers > 1 else _fuse_in_process
-    fused, failed = fuse_all(ready, args, workers)
+    if workers > 1:
+        fused, failed = _fuse_in_pool(ready, args, workers)
+    else:
+        fused, failed = _fuse_in_process(ready, args)
     failures += failed
     print(f"fused {fused} pair(s) into {out}" + (f"; {failures} failed" if failures else ""))
     return 1 if failures else 0
 
 
 def _fuse_in_process(
-    ready: Sequence[tuple[Path, Path, Path]], args: argparse.Namespace, workers: int
+    ready: Sequence[tuple[Path, Path, Path]], args: argparse.Namespace
 ) -> tuple[int, int]:
     """Fuse the pairs one after another here; returns (fused, failed)."""
     from tqdm import tqdm

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from textmef.tiling import working_size
+
 __all__ = [
     "DEFAULT_EPS",
     "DEFAULT_RADIUS",
@@ -288,13 +290,13 @@ def apply_local_affine(
 def _use_numba(backend: str, parts: list[torch.Tensor], out: torch.Tensor) -> bool:
     if backend not in ("auto", "numba", "torch"):
         raise ValueError(f"unknown backend {backend!r}; use auto, numba or torch")
-    import importlib.util
+    from textmef.ssm.scan import numba_available
 
     cpu_float = all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (*parts, out))
     if backend == "numba" and not cpu_float:
         raise ValueError("the numba backend takes float32 CPU tensors")
     if backend == "auto":
-        return cpu_float and out.is_contiguous() and importlib.util.find_spec("numba") is not None
+        return cpu_float and out.is_contiguous() and numba_available()
     return backend == "numba"
 
 
@@ -346,6 +348,8 @@ def guided_upsample(
     low: torch.Tensor,
     guide: torch.Tensor | Sequence[torch.Tensor],
     *,
+    guide_low: torch.Tensor | None = None,
+    fit_size: int | None = None,
     radius: float = DEFAULT_RADIUS,
     eps: float = DEFAULT_EPS,
     strip_pixels: int = DEFAULT_STRIP_PIXELS,
@@ -360,7 +364,12 @@ def guided_upsample(
         low: the low-resolution result, e.g. the network's output on a downscaled pair.
         guide: the full-resolution guide (B, C, H, W), or parts of it (see
             :func:`apply_local_affine`), with detail and edges where they belong.
-        radius: window radius as a fraction of the shorter side of ``low``.
+        guide_low: the guide already downscaled to (h, w), all C channels (saves
+            downscaling the full-size guide again).
+        fit_size: fit on at most ``fit_size`` squared pixels (both ``low`` and the guide
+            area-downscaled further): the maps are smooth, so a smaller grid costs little
+            (He & Sun's fast guided filter). None fits at (h, w).
+        radius: window radius as a fraction of the shorter side of the fitting grid.
         eps: ridge regulariser of the fit.
         strip_pixels: full-size pixels per strip when the maps are applied.
 
@@ -369,9 +378,16 @@ def guided_upsample(
     """
     parts = [guide] if isinstance(guide, torch.Tensor) else list(guide)
     height, width = low.shape[-2:]
-    small = torch.cat([downscale(p, height, width) for p in parts], 1)
-    maps = fit_local_affine(small, low, window_radius(height, width, radius), eps)
-    del small
+    if guide_low is None:
+        guide_low = torch.cat([downscale(p, height, width) for p in parts], 1)
+    if fit_size is not None:
+        height, width = working_size(height, width, fit_size)
+    maps = fit_local_affine(
+        downscale(guide_low, height, width),
+        downscale(low, height, width).float(),
+        window_radius(height, width, radius),
+        eps,
+    )
     return apply_local_affine(maps, parts, strip_pixels=strip_pixels)
 
 

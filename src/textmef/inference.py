@@ -227,7 +227,7 @@ def fuse_guided(
         overlap: Rows shared by neighbouring tiles.
         on_tile: Progress of the network's pass, as in :func:`fuse_tensors`.
     """
-    from textmef.guided import apply_local_affine, downscale, fit_local_affine, window_radius
+    from textmef.guided import downscale, guided_upsample
 
     height, width = under.shape[-2:]
     plan = plan_fusion(height, width, work_size)
@@ -236,10 +236,6 @@ def fuse_guided(
     h, w = plan.work_height, plan.work_width
     small_under, small_over = downscale(under, h, w), downscale(over, h, w)
     low = fuse_tensors(model, small_under, small_over, tile=tile, overlap=overlap, on_tile=on_tile)
-    fit_h, fit_w = working_size(h, w, FIT_SIZE)
-    guide = torch.cat([small_under, small_over], 1)
+    small = torch.cat([small_under, small_over], 1)
     del small_under, small_over
-    guide, low = downscale(guide, fit_h, fit_w), downscale(low, fit_h, fit_w)
-    maps = fit_local_affine(guide, low.float(), window_radius(fit_h, fit_w))
-    del guide, low
-    return apply_local_affine(maps, [under, over])
+    return guided_upsample(low, [under, over], guide_low=small, fit_size=FIT_SIZE)
