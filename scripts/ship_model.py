@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -180,6 +181,16 @@ def model_card(summary: dict, scores: dict, sice: dict, targets: list, ablation:
     return "\n".join(lines)
 
 
+def install(weights: Path, card: str) -> None:
+    """Put the weights and their card in the package, each whole or not at all."""
+    weights_tmp = WEIGHTS_DIR / "textmef.safetensors.tmp"
+    card_tmp = WEIGHTS_DIR / "MODEL_CARD.md.tmp"
+    shutil.copyfile(weights, weights_tmp)
+    card_tmp.write_text(card)
+    os.replace(weights_tmp, WEIGHTS_DIR / "textmef.safetensors")
+    os.replace(card_tmp, WEIGHTS_DIR / "MODEL_CARD.md")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -214,9 +225,8 @@ def main() -> int:
     targets = check_targets(scores, sice)
     ablation_file = REPO / "benchmarks" / "results" / "ablation" / "ablation.md"
     ablation = ablation_file.read_text() if ablation_file.exists() else "(not run)"
-    shutil.copyfile(weights, WEIGHTS_DIR / "textmef.safetensors")
     card = model_card(summary, scores, sice, targets, ablation)
-    (WEIGHTS_DIR / "MODEL_CARD.md").write_text(card)
+    install(weights, card)
     print(card)
     return 0
 
