@@ -504,7 +504,7 @@ def _fuse(
     method_name: str,
     align: bool,
     folder: Path,
-    work_size: int = DEFAULT_WORK_SIZE,
+    work_size: int,
 ) -> _Fused:
     """One fusion job, run by a :class:`FusionQueue` worker (no request context here)."""
     started = time.perf_counter()
