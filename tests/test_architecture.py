@@ -96,7 +96,7 @@ raise SystemExit(main(["serve", "--port", "0"]) if {web!r} else 0)
     )
     result = run_python(code)
     assert out.is_file(), result.stderr
-    assert "model: textmef-c16" in result.stdout
+    assert "model: textmef-c32" in result.stdout
     assert "Traceback" not in result.stderr
     if web:
         assert result.returncode == 2, result.stderr

@@ -286,8 +286,8 @@ def test_info_describes_the_model_fuse_uses_by_default(capsys):
 
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "model: textmef-c16 " in out and "C = 16, d_state 4" in out
-    assert "parameters: 83,933" in out
+    assert "model: textmef-c32 " in out and "C = 32, d_state 8" in out
+    assert "parameters: 324,452" in out
     assert f"weights: {packaged_weights_path()} (packaged" in out
 
 

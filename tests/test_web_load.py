@@ -9,7 +9,7 @@ thread asks for ``/healthz`` every 20 ms (and for the page now and then). Checke
   and a "busy" message, none lost; with a queue that holds all 20, all are 200;
 * ``/healthz`` and the page answer within :data:`QUICK_S` throughout: fusions run on the
   app's worker thread, and waitress has threads to spare for everything else;
-* the process's peak RSS stays under :data:`RSS_BOUND_MB`;
+* the process's RSS grows by less than :data:`RSS_GROWTH_BOUND_MB` while they run;
 * every result is still downloadable after the run (none evicted early), and no request
   leaves a file behind.
 
@@ -51,14 +51,14 @@ PAGE_EVERY = 10  # and the page every 10th poll
 # read a few counters (or render a template), so 100 ms is what a busy 2-core machine
 # leaves of the GIL and the CPUs to a request that never waits for a fusion.
 QUICK_S = 0.100
-# Peak RSS of the whole pytest process (ru_maxrss is a high-water mark since it started,
-# so it includes whatever ran before, e.g. test_web.py's packaged model). torch, numba,
-# OpenCV and Flask take about 0.5 GB; the tiny network and 20 pairs of 96x64 images take
-# a few MB, and at most max_queue + 1 fusions are admitted at once, each holding its
-# uploads and one result. 2.5 GB leaves room for the earlier tests and allocator slack,
-# and would be far exceeded if requests piled up without bound or results leaked
-# large buffers.
-RSS_BOUND_MB = 2500
+# Growth of the process's resident memory while the 20 requests run, sampled by the poller
+# (the current RSS, not ru_maxrss: that high-water mark already holds whatever ran before
+# in the same pytest process, e.g. test_web.py's packaged model, and would hide the run).
+# The tiny network and 20 pairs of 96x64 images take a few MB, and at most max_queue + 1
+# fusions are admitted at once, each holding its uploads and one result: about 100 MB of
+# first-use allocations was measured. 400 MB leaves room for allocator slack and would be
+# far exceeded if requests piled up without bound or results leaked large buffers.
+RSS_GROWTH_BOUND_MB = 400
 TIMEOUT_S = 60  # any one HTTP exchange
 
 
@@ -123,12 +123,14 @@ class Poller(threading.Thread):
         self.most_queued = 0
         self.busy_polls = 0  # answers that saw a fusion running or waiting
         self.failures: list[str] = []
+        self.most_rss_mb = 0.0
 
     def run(self) -> None:
         deadline = time.monotonic() + 10 * TIMEOUT_S
         n = 0
         while not self.stop.is_set() and time.monotonic() < deadline:
             n += 1
+            self.most_rss_mb = max(self.most_rss_mb, rss_mb())
             page = n % PAGE_EVERY == 0
             started = time.perf_counter()
             try:
@@ -149,9 +151,15 @@ class Poller(threading.Thread):
             self.stop.wait(POLL_S)
 
 
-def peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes vs KiB
+def rss_mb() -> float:
+    """The process's resident memory now (Linux); elsewhere its peak so far."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+        return pages * resource.getpagesize() / 2**20
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes vs KiB
 
 
 @pytest.mark.parametrize(
@@ -189,7 +197,7 @@ def test_twenty_fusions_at_once_keep_the_server_responsive(
     clients = [
         threading.Thread(target=client, args=(i,), name=f"client-{i}") for i in range(REQUESTS)
     ]
-    rss_before = peak_rss_mb()
+    rss_before = rss_mb()
     try:
         # The server is up, and the page's template is compiled (once per app, ~0.1 s
         # on a slow machine: a cold start, not a request waiting for a fusion).
@@ -236,7 +244,7 @@ def test_twenty_fusions_at_once_keep_the_server_responsive(
     assert not serving.is_alive(), "the server did not stop"
     assert list(temp_root.iterdir()) == [], "a request left files behind"
 
-    rss = peak_rss_mb()
+    rss = max(poller.most_rss_mb, rss_mb())
     latency = sorted(a[3] for a in fused)
     queue_s = [a[2]["queue_seconds"] for a in fused]
     compute_s = [a[2]["compute_seconds"] for a in fused]
@@ -250,10 +258,10 @@ def test_twenty_fusions_at_once_keep_the_server_responsive(
         f"fusion requests: min {latency[0]:.2f} s, median {statistics.median(latency):.2f} s, "
         f"max {latency[-1]:.2f} s; compute median {statistics.median(compute_s):.3f} s; "
         f"queue max {max(queue_s):.2f} s; most queued seen {poller.most_queued}; "
-        f"peak RSS {rss:.0f} MB (before the run {rss_before:.0f} MB)"
+        f"RSS at most {rss:.0f} MB during the run (before it {rss_before:.0f} MB)"
     )
     assert poller.failures == []
     assert poller.busy_polls >= 2, "too few polls while fusions ran to judge"
     assert max(poller.health_s) < QUICK_S, f"/healthz took {max(poller.health_s):.3f} s"
     assert max(poller.page_s, default=0) < QUICK_S, f"the page took {max(poller.page_s):.3f} s"
-    assert rss < RSS_BOUND_MB
+    assert rss - rss_before < RSS_GROWTH_BOUND_MB, f"RSS grew by {rss - rss_before:.0f} MB"
