@@ -440,7 +440,7 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="600x400,2048x1536")
     parser.add_argument("--tile", type=int, default=512)
-    parser.add_argument("--overlap", type=int, default=32)
+    parser.add_argument("--overlap", type=int, default=64)  # textmef.tiling.DEFAULT_OVERLAP
     parser.add_argument("--skip-scan", action="store_true")
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument(

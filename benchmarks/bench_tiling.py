@@ -1,7 +1,7 @@
 """How far tiled fusion strays from whole-image fusion, with and without shared statistics.
 
 Usage: python benchmarks/bench_tiling.py [--data DIR] [--min-mp 0.5] [--all] [--tile 512]
-       [--overlap 32] [--threads 2] [--weights FILE]
+       [--overlap 64] [--threads 2] [--weights FILE]
 
 Takes the held-out sequences of ``DIR`` (the same split by sequence name as training and
 ``textmef bench --split val``; ``--all`` takes every stack) whose frames have at least
@@ -29,6 +29,7 @@ from textmef.data.stacks import find_stacks, stack_name
 from textmef.data.triplets import split_by_sequence
 from textmef.exposure import mean_luminance
 from textmef.inference import fuse_tensors, tile_grid
+from textmef.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 
 
 class _Named:
@@ -65,8 +66,8 @@ def main() -> int:
     parser.add_argument("--min-mp", type=float, default=0.5)
     parser.add_argument("--all", action="store_true", help="every stack, not only held-out")
     parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--tile", type=int, default=512)
-    parser.add_argument("--overlap", type=int, default=32)
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE)
+    parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--weights", default=None)
     args = parser.parse_args()

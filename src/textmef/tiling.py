@@ -29,7 +29,12 @@ __all__ = [
 ]
 
 DEFAULT_TILE = 512
-DEFAULT_OVERLAP = 32
+# Each strip's first and last rows lack the scans' state from the rows beyond it; where the
+# strips meet, either side has overlap / 2 rows to warm that state up. The shipped C = 32
+# network carries state over more rows than the 0.2 C = 16 one: at 32 rows its strips
+# strayed up to 2.8/255 (99.9th percentile) from the whole image on held-out 1200x800
+# pairs, at 64 rows at most 1.0/255 (docs/network.md, "Tiled inference").
+DEFAULT_OVERLAP = 64
 # The guided path's working size: the default tile, so the network's pass is one piece (no
 # second pass for shared statistics), which keeps a 12 MP photo near 1 s of network time with
 # either packaged width; measured on the held-out pairs (docs/performance.md, "Guided full
