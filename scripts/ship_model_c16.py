@@ -1,7 +1,9 @@
 """Make the 0.2 packaged checkpoint (textmef-c16) and its model card, from stacks to the card.
 
-Kept so the checkpoint that ships until issue 16's run is finished stays reproducible
-(``scripts/ship_model.py`` makes its successor). Since 0.3, ``make-pairs --reference best``
+Kept so the 0.2 checkpoint stays reproducible (``scripts/ship_model.py`` makes the one that
+ships since 0.3). It no longer touches the package: the weights and card go to the run
+folder (``runs/shipped/textmef-c16.safetensors`` and ``MODEL_CARD.md``), for ``textmef fuse
+--weights``. Since 0.3, ``make-pairs --reference best``
 also scores Mertens with the paper's weights, so a fresh ``pairs-v1`` gets other references
 for most stacks than the one this checkpoint was trained on.
 
@@ -11,8 +13,8 @@ interruption; training resumes):
 1. ``textmef make-pairs STACKS -o DATA``: pseudo-reference triplets from exposure stacks;
 2. ``textmef train --config configs/shipped.yaml``: the training run;
 3. evaluation of the best checkpoint on the held-out sequences at full resolution, next to
-   two-frame Mertens on the same frames, written to ``src/textmef/weights/MODEL_CARD.md``
-   with the weights copied to ``src/textmef/weights/textmef.safetensors``.
+   two-frame Mertens on the same frames, written to ``RUN/MODEL_CARD.md`` with the weights
+   copied to ``RUN/textmef-c16.safetensors``.
 
     python scripts/ship_model_c16.py [--stacks ../shared/data/brackets] [--data ../data/pairs-v1]
 """
@@ -32,7 +34,6 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-WEIGHTS_DIR = REPO / "src" / "textmef" / "weights"
 
 
 def run(command: list[str]) -> None:
@@ -206,11 +207,10 @@ def main() -> None:
         )
     best = args.run / "best.safetensors"
     evaluation = evaluate(args.run, args.data, best)
-    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(best, WEIGHTS_DIR / "textmef.safetensors")
+    shutil.copyfile(best, args.run / "textmef-c16.safetensors")
     (args.run / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     card = model_card(args.run, args.data, evaluation, "python scripts/ship_model_c16.py")
-    (WEIGHTS_DIR / "MODEL_CARD.md").write_text(card)
+    (args.run / "MODEL_CARD.md").write_text(card)
     print(card)
 
 
