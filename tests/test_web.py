@@ -691,6 +691,21 @@ def test_serve_answers_http_until_stopped(monkeypatch, tmp_path):
     assert 'id="files"' in answers["page"] and answers["stopped"]
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="waitress wakes its loop by a pipe on POSIX")
+def test_stop_ends_the_server_even_when_its_wake_up_pipe_is_gone(model, temp_root):
+    app = create_app(model, temp_root=temp_root)
+    server = web_cli.make_server(app, "127.0.0.1", 0, max_upload_mb=1)
+    serving = threading.Thread(target=server.run, daemon=True)
+    serving.start()
+    with urllib.request.urlopen(server.url + "healthz", timeout=10) as response:
+        assert json.load(response)["status"] == "ok"
+    # What a rare shutdown in tests/test_web_load.py met: the trigger's write end closed.
+    os.close(server._server.trigger.trigger)
+    server.stop()
+    serving.join(10)
+    assert not serving.is_alive()
+
+
 def test_a_port_in_use_is_a_clear_error(model, temp_root):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

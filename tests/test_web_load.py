@@ -9,7 +9,7 @@ thread asks for ``/healthz`` every 20 ms (and for the page now and then). Checke
   and a "busy" message, none lost; with a queue that holds all 20, all are 200;
 * ``/healthz`` and the page answer within :data:`QUICK_S` throughout: fusions run on the
   app's worker thread, and waitress has threads to spare for everything else;
-* the process's RSS grows by less than :data:`RSS_GROWTH_BOUND_MB` while they run;
+* the process's RSS grows by less than :data:`RSS_GROWTH_BOUND_MB` over the run;
 * every result is still downloadable after the run (none evicted early), and no request
   leaves a file behind.
 
@@ -55,12 +55,12 @@ QUICK_S = 0.100
 # (the current RSS, not ru_maxrss: that high-water mark already holds whatever ran before
 # in the same pytest process, e.g. test_web.py's packaged model, and would hide the run).
 # Read in the test's own thread only: sampling it every 20 ms from a thread next to the
-# server's made /healthz answers late. The results are kept until the end, so leaked or
-# piled-up buffers still count then. The tiny network and 20 pairs of 96x64 images take a
-# few MB, and at most max_queue + 1 fusions are admitted at once, each holding its uploads
-# and one result: about 100 MB of first-use allocations was measured. 400 MB leaves room
-# for allocator slack and would be far exceeded if requests piled up without bound or
-# results leaked large buffers.
+# server's made /healthz answer late. The results are still held at the end, so leaked or
+# piled-up buffers count then. The tiny network and 20 pairs of 96x64 images take a few
+# MB, and at most max_queue + 1 fusions are admitted at once, each holding its uploads and
+# one result: about 100 MB of first-use allocations was measured. 400 MB leaves room for
+# allocator slack and would be far exceeded if requests piled up without bound or results
+# leaked large buffers.
 RSS_GROWTH_BOUND_MB = 400
 TIMEOUT_S = 60  # any one HTTP exchange
 

@@ -223,7 +223,13 @@ class Server:
 
         # The socket map belongs to the loop's thread: the trigger runs the close there,
         # and the loop ends once the map is empty.
-        self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._map))
+        try:
+            self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._map))
+        except OSError:
+            # The wake-up pipe is already closed (seen in about 3 % of isolated runs of
+            # tests/test_web_load.py, cause not found): close the connections from here
+            # instead; the loop ends at its next timeout, once it finds the map empty.
+            wasyncore.close_all(self._map, ignore_all=True)
         self._server.task_dispatcher.shutdown()
 
     def close(self) -> None:
