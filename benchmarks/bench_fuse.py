@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from textmef.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+
 
 def gemm_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     import torch
@@ -439,8 +441,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="600x400,2048x1536")
-    parser.add_argument("--tile", type=int, default=512)
-    parser.add_argument("--overlap", type=int, default=64)  # textmef.tiling.DEFAULT_OVERLAP
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE)
+    parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     parser.add_argument("--skip-scan", action="store_true")
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument(

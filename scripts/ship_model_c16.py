@@ -1,11 +1,10 @@
 """Make the 0.2 packaged checkpoint (textmef-c16) and its model card, from stacks to the card.
 
 Kept so the 0.2 checkpoint stays reproducible (``scripts/ship_model.py`` makes the one that
-ships since 0.3). It no longer touches the package: the weights and card go to the run
-folder (``runs/shipped/textmef-c16.safetensors`` and ``MODEL_CARD.md``), for ``textmef fuse
---weights``. Since 0.3, ``make-pairs --reference best``
-also scores Mertens with the paper's weights, so a fresh ``pairs-v1`` gets other references
-for most stacks than the one this checkpoint was trained on.
+ships since 0.3); it leaves the package alone and writes to its run folder, for ``textmef
+fuse --weights`` (step 3). Since 0.3, ``make-pairs --reference best`` also scores Mertens
+with the paper's weights, so a fresh ``pairs-v1`` gets other references for most stacks
+than the one this checkpoint was trained on.
 
 One command, three steps (each skipped when its output exists, so it can be re-run after an
 interruption; training resumes):
@@ -14,7 +13,7 @@ interruption; training resumes):
 2. ``textmef train --config configs/shipped.yaml``: the training run;
 3. evaluation of the best checkpoint on the held-out sequences at full resolution, next to
    two-frame Mertens on the same frames, written to ``RUN/MODEL_CARD.md`` with the weights
-   copied to ``RUN/textmef-c16.safetensors``.
+   copied to ``RUN/textmef-c16.safetensors`` (``RUN``: ``--run``, default ``runs/shipped``).
 
     python scripts/ship_model_c16.py [--stacks ../shared/data/brackets] [--data ../data/pairs-v1]
 """
